@@ -1,0 +1,45 @@
+# The two set-up commands of the README: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+TSTAMP := $(VENV)/.installed-test
+
+.PHONY: run test lint install clean deb-test
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml
+	$(PIP) install -q -e .
+	touch $@
+
+$(TSTAMP): $(STAMP)
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+install: $(STAMP)
+
+# Debian packages the system tests use; installed only when missing and root.
+DEB_TEST := iproute2 procps
+deb-test:
+	@missing=""; for p in $(DEB_TEST); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "not root: skipping apt-get install of$$missing (tests needing them will skip)"; fi; \
+	fi
+
+run: $(STAMP)
+	$(VENV)/bin/pylb demo
+
+test: $(TSTAMP) deb-test
+	$(VENV)/bin/ruff check pylb tests
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(TSTAMP)
+	$(VENV)/bin/ruff check pylb tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

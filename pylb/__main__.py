@@ -1,0 +1,3 @@
+from pylb.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,148 @@
+"""Runtime state of a listener's servers: what health checks, the balancer, the data plane
+and the stats page share. Config objects stay frozen; everything that changes is here.
+
+Operational state (from health checks) and administrative state (from the operator) are
+kept apart, as HAProxy's srv_state and srv_admin are: a server takes new traffic only when
+both allow it.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import TYPE_CHECKING
+
+from pylb.config.model import Listen, ServerConf
+
+if TYPE_CHECKING:
+    from pylb.balance.base import Balancer
+
+
+class AdminState(enum.Enum):
+    READY = "ready"
+    DRAIN = "drain"  # no new sessions, existing ones finish
+    MAINT = "maint"  # no traffic, checks stopped
+
+
+class Server:
+    """One server of one backend, loop thread only."""
+
+    __slots__ = (
+        "address",
+        "admin",
+        "backend",
+        "backup",
+        "bytes_in",
+        "bytes_out",
+        "check_desc",
+        "conf",
+        "cur_conns",
+        "failed_conns",
+        "idle",
+        "key",
+        "last_change",
+        "max_conns",
+        "name",
+        "oper_up",
+        "resp_errors",
+        "retries",
+        "redispatches",
+        "total_conns",
+        "weight",
+    )
+
+    def __init__(self, conf: ServerConf, backend: Backend) -> None:
+        self.conf = conf
+        self.backend = backend
+        self.name = conf.name
+        self.address = conf.address
+        self.key = str(conf.address)
+        self.weight = conf.weight
+        self.backup = conf.backup
+        self.admin = AdminState.MAINT if conf.disabled else AdminState.READY
+        self.oper_up = True  # without active checks a server is assumed up (HAProxy)
+        self.last_change = time.time()
+        self.check_desc = ""
+        self.cur_conns = 0
+        self.max_conns = 0
+        self.total_conns = 0
+        self.failed_conns = 0  # connect errors (HAProxy econ)
+        self.resp_errors = 0  # eresp
+        self.retries = 0
+        self.redispatches = 0
+        self.bytes_in = 0  # client -> server
+        self.bytes_out = 0  # server -> client
+        self.idle: list = []  # idle keep-alive upstream connections (HTTP pool)
+
+    @property
+    def usable(self) -> bool:
+        return self.oper_up and self.admin is AdminState.READY
+
+    def has_slot(self) -> bool:
+        m = self.conf.maxconn
+        return m is None or self.cur_conns < m
+
+    def take(self) -> None:
+        self.cur_conns += 1
+        self.total_conns += 1
+        if self.cur_conns > self.max_conns:
+            self.max_conns = self.cur_conns
+        self.backend.balancer.on_take(self)
+
+    def drop(self) -> None:
+        self.cur_conns -= 1
+        self.backend.balancer.on_drop(self)
+
+    def __repr__(self) -> str:
+        return f"<Server {self.backend.name}/{self.name} {self.key} up={self.oper_up} {self.admin.value}>"
+
+
+class Backend:
+    """The backend half of a `listen` block: servers, balancer, counters."""
+
+    __slots__ = (
+        "balancer",
+        "bytes_in",
+        "bytes_out",
+        "conf",
+        "cur_conns",
+        "denied",
+        "max_conns",
+        "name",
+        "servers",
+        "total_conns",
+    )
+
+    def __init__(self, conf: Listen) -> None:
+        from pylb.balance.registry import make_balancer
+
+        self.conf = conf
+        self.name = conf.name
+        self.servers = [Server(s, self) for s in conf.servers]
+        self.balancer: Balancer = make_balancer(conf.balance, self.servers, allbackups=conf.allbackups)
+        self.cur_conns = 0  # frontend sessions
+        self.max_conns = 0
+        self.total_conns = 0
+        self.denied = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def server(self, name: str) -> Server:
+        for s in self.servers:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def server_changed(self, server: Server) -> None:
+        """Call after changing a server's oper_up / admin / weight."""
+        server.last_change = time.time()
+        self.balancer.update()
+
+    def pick(self, key: bytes | None = None, avoid: tuple[Server, ...] = ()) -> Server | None:
+        return self.balancer.pick(key, avoid)  # type: ignore[return-value]  # Server is a Candidate
+
+    def usable_count(self) -> tuple[int, int]:
+        """(active, backup) servers usable now: the numbers HAProxy's DOWN message prints."""
+        act = sum(1 for s in self.servers if s.usable and not s.backup)
+        bck = sum(1 for s in self.servers if s.usable and s.backup)
+        return act, bck
