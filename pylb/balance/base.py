@@ -5,11 +5,24 @@ Modelled on HAProxy's `struct lb_ops`: an algorithm sees servers only through th
 It never does I/O and never reads the clock, so every algorithm is unit-tested with plain
 objects. Backup servers are handled here once, not in every algorithm: they are a separate
 group used only while no active server is usable.
+
+Eligibility (computed by `update()`): a server takes new traffic when it is `usable`
+(operationally up and administratively ready) and its weight is above 0. The *group* an
+algorithm chooses from is:
+
+- every eligible active (non-backup) server, in configured order, if there is one;
+- otherwise the eligible backup servers: only the FIRST one in configured order by
+  default, all of them with `allbackups` (HAProxy's `option allbackups`);
+- otherwise nothing: `pick()` returns None (HAProxy's NOSRV, answered 503).
+
+`avoid` (retry / redispatch after a failed connect) is a soft preference: the avoided
+servers are skipped, but when every server of the group is avoided one of them is returned
+anyway, because trying a server that just failed is better than answering 503 at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import ClassVar, Protocol
 
 
@@ -27,6 +40,12 @@ class Candidate(Protocol):
         ...
 
 
+def slot_probe(server: Candidate) -> Callable[[], bool] | None:
+    """The server's `has_slot()` (free room under its maxconn), or None if it has no limit
+    concept (plain test objects): looked up once per update, not per pick."""
+    return getattr(server, "has_slot", None)
+
+
 class Balancer:
     """Base class: keeps the active and backup groups; subclasses choose within a group.
 
@@ -34,6 +53,9 @@ class Balancer:
     idempotent and cheap. `pick()` returns None when no server is usable (NOSRV).
     `avoid` names servers that just failed for this request (retry/redispatch); they are
     chosen only when nothing else is usable.
+
+    Subclasses implement `_select(key, skip)` over `self._group` and may override
+    `_group_changed()` to rebuild their own state. Loop thread only: no locking.
     """
 
     name: ClassVar[str] = ""
@@ -41,13 +63,87 @@ class Balancer:
     # client address key; HAProxy's BE_LB_NEED_* bits).
     needs: ClassVar[frozenset[str]] = frozenset()
 
+    __slots__ = ("_group", "_group_ids", "_using_backups", "allbackups", "servers")
+
     def __init__(self, servers: Sequence[Candidate], *, allbackups: bool = False) -> None:
-        raise NotImplementedError
+        self.servers: tuple[Candidate, ...] = tuple(servers)
+        self.allbackups = allbackups
+        self._group: list[Candidate] = []
+        self._group_ids: frozenset[int] = frozenset()
+        self._using_backups = False
+        self.update()
+
+    # -- group bookkeeping ------------------------------------------------------------
+
+    @staticmethod
+    def eligible(server: Candidate) -> bool:
+        """May the balancer send a new session to `server` at all?"""
+        return server.weight > 0 and server.usable
 
     def update(self) -> None:
-        raise NotImplementedError
+        """Recompute the group after a state or weight change. Idempotent."""
+        group = [s for s in self.servers if not s.backup and self.eligible(s)]
+        backups = False
+        if not group:
+            group = [s for s in self.servers if s.backup and self.eligible(s)]
+            backups = bool(group)
+            if group and not self.allbackups:
+                group = group[:1]
+        changed = [id(s) for s in group] != [id(s) for s in self._group]
+        self._group = group
+        self._group_ids = frozenset(id(s) for s in group)
+        self._using_backups = backups
+        if changed:
+            self._group_changed()
+        else:
+            self._weights_changed()
+
+    def _group_changed(self) -> None:
+        """Hook: the set of servers in the group changed (a subclass rebuilds its state)."""
+        self._weights_changed()
+
+    def _weights_changed(self) -> None:
+        """Hook: `update()` was called without a membership change (maybe a weight changed)."""
+
+    @property
+    def group(self) -> tuple[Candidate, ...]:
+        """The servers `pick()` chooses from now (for stats and tests)."""
+        return tuple(self._group)
+
+    @property
+    def using_backups(self) -> bool:
+        """True while traffic goes to backup servers because no active one is usable."""
+        return self._using_backups
+
+    # -- picking ----------------------------------------------------------------------
 
     def pick(self, key: bytes | None = None, avoid: Collection[Candidate] = ()) -> Candidate | None:
+        """Choose a server for a new session, or None when no server is usable.
+
+        `key` is the request's hashing input (client address bytes for `source`). A server
+        in `avoid` is returned only when every server of the group is in it.
+        """
+        if not self._group:
+            return None
+        skip = frozenset(id(s) for s in avoid) if avoid else None
+        chosen = self._pick_once(key, skip)
+        if chosen is not None and not chosen.usable:
+            # A caller changed a server without calling update(): repair instead of sending
+            # a session to a server known to be down. Costs one attribute read per pick.
+            self.update()
+            if not self._group:
+                return None
+            chosen = self._pick_once(key, skip)
+        return chosen
+
+    def _pick_once(self, key: bytes | None, skip: frozenset[int] | None) -> Candidate | None:
+        if skip is not None and not self._group_ids <= skip:
+            return self._select(key, skip)
+        return self._select(key, None)
+
+    def _select(self, key: bytes | None, skip: frozenset[int] | None) -> Candidate | None:
+        """Choose within `self._group` (never empty here), skipping ids in `skip`; at least
+        one group member is not in `skip`."""
         raise NotImplementedError
 
     def on_take(self, server: Candidate) -> None:
@@ -55,3 +151,8 @@ class Balancer:
 
     def on_drop(self, server: Candidate) -> None:
         """A session on `server` ended."""
+
+    def __repr__(self) -> str:
+        names = ",".join(s.name for s in self._group)
+        extra = " backups" if self._using_backups else ""
+        return f"<{type(self).__name__} [{names}]{extra}>"
