@@ -41,8 +41,12 @@ class Candidate(Protocol):
 
 
 def slot_probe(server: Candidate) -> Callable[[], bool] | None:
-    """The server's `has_slot()` (free room under its maxconn), or None if it has no limit
-    concept (plain test objects): looked up once per update, not per pick."""
+    """The server's `has_slot()` (room left under its maxconn), or None when there is no
+    limit to check: looked up once per `update()`, so a pick calls nothing for servers
+    without `maxconn` (the common case) or for plain test objects without `has_slot`."""
+    conf = getattr(server, "conf", None)
+    if conf is not None and getattr(conf, "maxconn", 0) is None:
+        return None
     return getattr(server, "has_slot", None)
 
 
@@ -62,6 +66,8 @@ class Balancer:
     # Inputs the algorithm needs from a request, checked at config load ("source" needs a
     # client address key; HAProxy's BE_LB_NEED_* bits).
     needs: ClassVar[frozenset[str]] = frozenset()
+    # Extra keyword options the constructor takes (registry passes only these).
+    options: ClassVar[frozenset[str]] = frozenset()
 
     __slots__ = ("_group", "_group_ids", "_using_backups", "allbackups", "servers")
 
@@ -88,7 +94,7 @@ class Balancer:
             group = [s for s in self.servers if s.backup and self.eligible(s)]
             backups = bool(group)
             if group and not self.allbackups:
-                group = group[:1]
+                group = self._backup_order(group)[:1]
         changed = [id(s) for s in group] != [id(s) for s in self._group]
         self._group = group
         self._group_ids = frozenset(id(s) for s in group)
@@ -97,6 +103,10 @@ class Balancer:
             self._group_changed()
         else:
             self._weights_changed()
+
+    def _backup_order(self, backups: list[Candidate]) -> list[Candidate]:
+        """Order in which backups are preferred when only one is used (configured order)."""
+        return backups
 
     def _group_changed(self) -> None:
         """Hook: the set of servers in the group changed (a subclass rebuilds its state)."""
@@ -126,20 +136,21 @@ class Balancer:
         if not self._group:
             return None
         skip = frozenset(id(s) for s in avoid) if avoid else None
-        chosen = self._pick_once(key, skip)
+        chosen = self._select(key, self._effective_skip(skip))
         if chosen is not None and not chosen.usable:
             # A caller changed a server without calling update(): repair instead of sending
             # a session to a server known to be down. Costs one attribute read per pick.
             self.update()
             if not self._group:
                 return None
-            chosen = self._pick_once(key, skip)
+            chosen = self._select(key, self._effective_skip(skip))
         return chosen
 
-    def _pick_once(self, key: bytes | None, skip: frozenset[int] | None) -> Candidate | None:
-        if skip is not None and not self._group_ids <= skip:
-            return self._select(key, skip)
-        return self._select(key, None)
+    def _effective_skip(self, skip: frozenset[int] | None) -> frozenset[int] | None:
+        """`skip`, or None when it covers the whole group (then anyone is better than 503)."""
+        if skip is None or self._group_ids <= skip:
+            return None
+        return skip
 
     def _select(self, key: bytes | None, skip: frozenset[int] | None) -> Candidate | None:
         """Choose within `self._group` (never empty here), skipping ids in `skip`; at least

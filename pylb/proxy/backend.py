@@ -16,6 +16,7 @@ from pylb.config.model import Listen, ServerConf
 
 if TYPE_CHECKING:
     from pylb.balance.base import Balancer
+    from pylb.health.types import CheckHandle, CheckStatus
 
 
 class AdminState(enum.Enum):
@@ -34,7 +35,11 @@ class Server:
         "backup",
         "bytes_in",
         "bytes_out",
+        "check",
+        "check_code",
         "check_desc",
+        "check_duration",
+        "check_status",
         "conf",
         "cur_conns",
         "failed_conns",
@@ -62,7 +67,13 @@ class Server:
         self.admin = AdminState.MAINT if conf.disabled else AdminState.READY
         self.oper_up = True  # without active checks a server is assumed up (HAProxy)
         self.last_change = time.time()
-        self.check_desc = ""
+        self.check_desc = ""  # info of the last check ("Connection refused", "Service Unavailable")
+        # Set by pylb.health (issue 3): the running check's handle (passive observation goes
+        # through it; None = no active check), last CheckStatus, HTTP code, duration (s).
+        self.check: CheckHandle | None = None
+        self.check_status: CheckStatus | None = None
+        self.check_code: int | None = None
+        self.check_duration: float | None = None
         self.cur_conns = 0
         self.max_conns = 0
         self.total_conns = 0
@@ -119,7 +130,9 @@ class Backend:
         self.conf = conf
         self.name = conf.name
         self.servers = [Server(s, self) for s in conf.servers]
-        self.balancer: Balancer = make_balancer(conf.balance, self.servers, allbackups=conf.allbackups)
+        self.balancer: Balancer = make_balancer(
+            conf.balance, self.servers, allbackups=conf.allbackups, failback=conf.failback
+        )
         self.cur_conns = 0  # frontend sessions
         self.max_conns = 0
         self.total_conns = 0
