@@ -108,6 +108,8 @@ async def _resolve(
         raise ConnectError.timeout() from None
     except socket.gaierror as e:
         raise ConnectError("error", None, f"Name resolution failed: {e.strerror}") from None
+    except UnicodeError:  # the idna codec refuses the name (empty or overlong label)
+        raise ConnectError("error", None, "Name resolution failed: invalid name") from None
     out: list[tuple[_Family, _SockAddr]] = []
     for family, _type, _proto, _canon, sockaddr in infos:
         if (family, sockaddr) not in out:
