@@ -1,0 +1,448 @@
+"""The client side of an HTTP listener: one `HttpFrontend` Protocol per client connection.
+
+Glue only (the rules are in `h1.py` and `exchange.py`): bytes from the client go to the
+request parser, events go to the current `Exchange`; one exchange at a time, so pipelined
+requests are answered in order. A second request that arrives while one is in progress
+waits in `_queue` (its events, at most one read's worth) and reading is paused until the
+first is answered (uvicorn's pattern).
+
+Timeouts (one timer handle per connection, moved lazily, aiohttp's pattern): the handle
+fires at most every `horizon` seconds (the shortest configured timeout) and on each firing
+computes the current deadline from timestamps that the data path only *assigns*:
+
+- no request yet / between requests: `http_request` (first) or `http_keep_alive`; the
+  connection closes silently;
+- a request head begun but incomplete: `http_request`, answered 408 (`cR--`);
+- the client idle while we wait for its body, or not reading our response: `client`
+  (408 if no response was started, else a cut; `cD--`);
+- the server silent while we wait for/stream its response: `server` (504 `sH--` before the
+  head, a cut `sD--` after);
+- after a 101: `tunnel` on both directions.
+
+Because every deadline is at least `horizon` ahead when it is set, a deadline never needs
+an earlier timer than the one already armed: no timer is created or cancelled per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+from pylb.proxy.errors import ClientProtocolError
+from pylb.proxy.exchange import Exchange
+from pylb.proxy.flow import FlowControl, set_water_marks
+from pylb.proxy.h1 import END, Request, RequestReader, Upgraded
+from pylb.proxy.pool import idle_expiry
+from pylb.proxy.responses import canned
+
+if TYPE_CHECKING:
+    from pylb.proxy.state import ListenContext
+
+# Reasons to pause reading the client (a bit each; reading resumes when none is left).
+_P_UPSTREAM = 1  # the server's socket buffer is full
+_P_QUEUED = 2  # a pipelined request waits for the current one
+_P_BUFFER = 4  # body bytes wait for the upstream connect
+
+_INF = float("inf")
+
+
+class HttpFrontend(asyncio.Protocol):
+    __slots__ = (
+        "_closed",
+        "_eof",
+        "_head_start",
+        "_idle_since",
+        "_last_rx",
+        "_pause",
+        "_paused_at",
+        "_queue",
+        "_registered",
+        "_requests",
+        "_running",
+        "_timer",
+        "client_ip",
+        "client_ip_b",
+        "client_port",
+        "closing",
+        "conf",
+        "ctx",
+        "exch",
+        "flow",
+        "horizon",
+        "lb_key",
+        "loop",
+        "pool_expiry",
+        "reader",
+        "transport",
+        "tunnel",
+        "write_paused",
+    )
+
+    def __init__(self, ctx: ListenContext) -> None:
+        self.ctx = ctx
+        self.conf = ctx.conf
+        self.loop = ctx.worker.loop
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.reader = RequestReader()
+        self.exch: Exchange | None = None
+        self.tunnel: Exchange | None = None
+        self._queue: deque = deque()
+        self._running = False
+        self._pause = 0
+        self.flow = FlowControl(None)
+        self.write_paused = False
+        self._paused_at = 0.0
+        self.closing = False  # close after the current response
+        self._closed = False
+        self._eof = False  # the client shut down its sending side
+        self._registered = False
+        self._requests = 0
+        self._timer: asyncio.TimerHandle | None = None
+        to = self.conf.timeout
+        self.horizon = min(to.http_request, to.http_keep_alive, to.client, to.server, to.tunnel)
+        self.pool_expiry = idle_expiry(self.conf)
+        now = self.loop.time()
+        self._idle_since = now
+        self._head_start = now
+        self._last_rx = now
+        self.client_ip = ""
+        self.client_ip_b: bytes | None = None
+        self.client_port = 0
+        self.lb_key: bytes | None = None
+
+    # -- connection lifecycle -----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        ctx = self.ctx
+        worker = ctx.worker
+        m = self.conf.maxconn
+        if worker.actconn >= worker.maxconn or (m is not None and ctx.feconn >= m):
+            ctx.denied_conns += 1
+            ctx.backend.denied += 1
+            self._closed = True
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        self._registered = True
+        worker.connections.add(self)
+        worker.actconn += 1
+        ctx.feconn += 1
+        ctx.total_conns += 1
+        be = ctx.backend
+        be.cur_conns += 1
+        be.total_conns += 1
+        if be.cur_conns > be.max_conns:
+            be.max_conns = be.cur_conns
+        set_water_marks(self.transport)
+        self.flow = FlowControl(self.transport)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.client_ip = peer[0]
+            self.client_port = peer[1]
+            self.client_ip_b = self.lb_key = peer[0].encode("ascii")
+        self._timer = self.loop.call_at(self.loop.time() + self.horizon, self._on_timer)
+        if worker.draining:
+            self.closing = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        ex = self.exch
+        if ex is not None:
+            self.exch = None
+            ex.client_gone()
+        elif self.tunnel is not None:
+            self.tunnel.client_gone()
+        self.tunnel = None
+        self._queue.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._registered:
+            self._registered = False
+            ctx = self.ctx
+            ctx.worker.connections.discard(self)
+            ctx.worker.actconn -= 1
+            ctx.feconn -= 1
+            ctx.backend.cur_conns -= 1
+
+    def shutdown(self) -> None:
+        """Graceful: finish the current exchange with `Connection: close`; close an idle
+        keep-alive connection now. A connection that has not sent its first request yet
+        is not idle: its client is about to send it and would get no answer (and no
+        client retries a request on a fresh connection), so it is answered, with
+        `Connection: close`, or closed by `http_request` like any other."""
+        self.closing = True
+        if (
+            self.exch is None
+            and self.tunnel is None
+            and not self.reader.in_head
+            and not self._queue
+            and self._requests > 0
+        ):
+            self.close_now()
+
+    def abort(self) -> None:
+        """Close now, whatever is in flight."""
+        if self.transport is not None and not self._closed:
+            self.transport.abort()
+
+    def close_now(self) -> None:
+        """Close after what was written is flushed."""
+        self.closing = True
+        self._queue.clear()
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.close()
+
+    # -- reading ------------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        now = self.loop.time()
+        self._last_rx = now
+        if self.tunnel is not None:
+            self.tunnel.tunnel_from_client(data)
+            return
+        ex = self.exch
+        if ex is not None and ex.holding:
+            ex.hold(data)
+            return
+        reader = self.reader
+        if not reader.in_head and not self._queue:
+            self._head_start = now
+        try:
+            events = reader.feed(data)
+        except ClientProtocolError as e:
+            self._bad_request(e)
+            return
+        if events:
+            self._queue.extend(events)
+            self._run_queue()
+
+    def _run_queue(self) -> None:
+        """Dispatch queued events in order, one exchange at a time."""
+        if self._running:
+            return
+        self._running = True
+        q = self._queue
+        try:
+            while q:
+                ex = self.exch
+                ev = q[0]
+                if type(ev) is bytes:
+                    q.popleft()
+                    if ex is not None:
+                        ex.request_body(ev)
+                elif ev is END:
+                    q.popleft()
+                    if ex is not None:
+                        ex.request_end()
+                elif type(ev) is Request:
+                    if ex is not None or (self.closing and self._requests):
+                        break  # pipelined: wait for the current exchange to end
+                    q.popleft()
+                    self._start(ev)
+                elif type(ev) is Upgraded:
+                    q.popleft()
+                    if ex is not None and not ex.done:
+                        ex.holding = True
+                        if ev.rest:
+                            ex.hold(ev.rest)
+                else:  # pragma: no cover - the reader yields nothing else
+                    q.popleft()
+        finally:
+            self._running = False
+        if q and not self.closing:
+            self._set_pause(_P_QUEUED, True)
+        elif self._pause & _P_QUEUED:
+            self._set_pause(_P_QUEUED, False)
+
+    def _start(self, req: Request) -> None:
+        self._requests += 1
+        now = self.loop.time()
+        ex = Exchange(self, req, self._head_start, now)
+        self.exch = ex
+        if self.ctx.worker.draining:
+            self.closing = True
+        ex.start()
+
+    def exchange_done(self, ex: Exchange, keep_alive: bool) -> None:
+        """Called once by the exchange when its response is complete (or failed)."""
+        if self.exch is ex:
+            self.exch = None
+        if self.tunnel is ex:
+            return
+        if self._pause & (_P_BUFFER | _P_UPSTREAM):
+            self._pause &= ~(_P_BUFFER | _P_UPSTREAM)
+            self._set_pause(0, False)
+        if not keep_alive or self.closing or self.ctx.worker.draining:
+            self.close_now()
+            return
+        self._idle_since = self.loop.time()
+        if self._queue:
+            self._head_start = self._idle_since
+            self._run_queue()
+        if self._eof and self.exch is None and not self._queue:
+            self.close_now()  # every request the client sent before its EOF is answered
+
+    def eof_received(self) -> bool:
+        tun = self.tunnel
+        if tun is not None:
+            tun.client_eof()
+            return not tun.done
+        ex = self.exch
+        if ex is not None and ex.req_complete and not ex.done:
+            # `nc`-style clients send their (possibly pipelined) requests and shut down:
+            # answer them all, then close.
+            self._eof = True
+            return True
+        return False  # nothing to answer, or a truncated request: close
+
+    def _bad_request(self, e: ClientProtocolError) -> None:
+        self.closing = True
+        ex = self.exch
+        if ex is not None and not ex.done:
+            # A broken body of a request in flight: the response cannot be given any more.
+            self.exch = None
+            ex.client_gone()
+            self.close_now()
+            return
+        data = canned(e.status_hint)
+        self.transport.write(data)
+        if self.ctx.worker.access_log.enabled:
+            self._log_bad(e.status_hint, "PR--", len(data))
+        self.close_now()
+
+    def _log_bad(self, status: int, term: str, nbytes: int) -> None:
+        import time
+
+        from pylb.proxy.accesslog import HttpLogRecord
+
+        ctx = self.ctx
+        now = self.loop.time()
+        rec = HttpLogRecord(
+            client_ip=self.client_ip,
+            client_port=self.client_port,
+            accept_time=time.time() - (now - self._head_start),
+            frontend=ctx.conf.name,
+            backend=ctx.backend.name,
+            server="<NOSRV>",
+            t_request=-1,
+            t_queue=-1,
+            t_connect=-1,
+            t_response=-1,
+            t_active=int((now - self._head_start) * 1000),
+            status=status,
+            bytes_read=nbytes,
+            term=term,
+            actconn=ctx.worker.actconn,
+            feconn=ctx.feconn,
+            beconn=ctx.backend.cur_conns,
+            srv_conn=0,
+            retries=0,
+            redispatched=False,
+            srv_queue=0,
+            backend_queue=0,
+            request_line="<BADREQ>",
+        )
+        ctx.worker.access_log.http(rec)
+
+    # -- back-pressure ------------------------------------------------------------------------
+    def _set_pause(self, bit: int, on: bool) -> None:
+        if on:
+            self._pause |= bit
+            self.flow.pause_reading()
+        else:
+            self._pause &= ~bit
+            if not self._pause and self.flow.reading_paused:
+                self.flow.resume_reading()
+                # The client was not idle while we did not read it.
+                self._last_rx = self.loop.time()
+
+    def set_upstream_full(self, full: bool) -> None:
+        self._set_pause(_P_UPSTREAM, full)
+
+    def set_buffering(self, on: bool) -> None:
+        self._set_pause(_P_BUFFER, on)
+
+    def pause_writing(self) -> None:
+        """The client reads slower than the server sends: stop reading the server."""
+        self.write_paused = True
+        self._paused_at = self.loop.time()
+        ex = self.exch or self.tunnel
+        if ex is not None and ex.up is not None:
+            ex.up.flow.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        ex = self.exch or self.tunnel
+        if ex is not None:
+            ex.last_srv = self.loop.time()  # the server was not idle while we did not read it
+            if ex.up is not None:
+                ex.up.flow.resume_reading()
+
+    def start_tunnel(self, ex: Exchange) -> None:
+        self.tunnel = ex
+        if self.exch is ex:
+            self.exch = None
+
+    # -- timeouts -----------------------------------------------------------------------------
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._closed:
+            return
+        now = self.loop.time()
+        deadline, action = self._deadline()
+        if now >= deadline:
+            action()
+            if self._closed or self.transport.is_closing():
+                return
+            deadline, action = self._deadline()
+        self._timer = self.loop.call_at(min(deadline, now + self.horizon), self._on_timer)
+
+    def _deadline(self):  # -> tuple[float, Callable[[], None]]
+        to = self.conf.timeout
+        tun = self.tunnel
+        if tun is not None:
+            if self.write_paused or self._pause:
+                return self.loop.time() + to.tunnel, self._tunnel_timeout
+            return max(self._last_rx, tun.last_srv) + to.tunnel, self._tunnel_timeout
+        ex = self.exch
+        if ex is None:
+            if self._queue:
+                return _INF, _noop
+            if self.reader.in_head:
+                return self._head_start + to.http_request, self._request_timeout
+            wait = to.http_request if self._requests == 0 else to.http_keep_alive
+            return self._idle_since + wait, self.close_now
+        best, action = _INF, _noop
+        # While we do not read one side (back-pressure), its silence is ours, not its own.
+        if not ex.req_complete and not ex.holding and not self._pause:
+            best, action = self._last_rx + to.client, ex.client_timeout
+        if self.write_paused:
+            d = self._paused_at + to.client
+            if d < best:
+                best, action = d, ex.client_timeout
+        elif ex.up is not None and not ex.resp_done:
+            d = ex.last_srv + to.server
+            if d < best:
+                best, action = d, ex.server_timeout
+        return best, action
+
+    def _request_timeout(self) -> None:
+        data = canned(408)
+        self.transport.write(data)
+        if self.ctx.worker.access_log.enabled:
+            self._log_bad(408, "cR--", len(data))
+        self.close_now()
+
+    def _tunnel_timeout(self) -> None:
+        tun = self.tunnel
+        if tun is not None:
+            tun.client_timeout()
+        self.close_now()
+
+    def __repr__(self) -> str:
+        return f"<HttpFrontend {self.client_ip}:{self.client_port} requests={self._requests}>"
+
+
+def _noop() -> None:
+    pass
