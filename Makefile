@@ -23,7 +23,7 @@ $(TSTAMP): $(STAMP)
 install: $(STAMP)
 
 # Debian packages the system tests use; installed only when missing and root.
-DEB_TEST := iproute2 procps mariadb-server galera-4 rsync keepalived
+DEB_TEST := iproute2 procps mariadb-server galera-4 rsync keepalived chromium curl systemd
 deb-test:
 	@missing=""; for p in $(DEB_TEST); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
