@@ -1,0 +1,317 @@
+"""A proxy worker: the whole data plane of one process on one event loop.
+
+The master (`pylb.supervisor`) binds the listening sockets and forks; each worker process
+calls `run_worker(config, sockets)`, which makes a uvloop loop (asyncio's when uvloop is
+missing), builds a `Worker` and serves until SIGTERM, then drains. `pylb demo` and the
+integration tests drive the same `Worker` inside an existing loop (`start()` /
+`request_stop()` / `wait_stopped()`), so there is one code path for both.
+
+What a worker owns (uvicorn's `Server` + `ServerState` split): the `WorkerState` every
+protocol instance receives, one runtime `Backend` per `listen` block, one `ListenContext`
+per `listen`, and one asyncio server per pre-bound socket whose protocol factory is the
+listen's frontend class (`TcpFrontend` for `mode: tcp`, `HttpFrontend` for `mode: http`).
+
+Stopping is a bounded sequence, in uvicorn's `Server.shutdown` order:
+  1. `state.draining = True` (HTTP answers in-flight requests with `Connection: close`);
+  2. stop accepting (close this worker's listening sockets; the master keeps its copies,
+     so a reload's next generation keeps accepting on them);
+  3. `shutdown()` every live connection: idle keep-alive ones close now, busy ones after
+     their current request / when their TCP session ends;
+  4. wait until none is left or `hard_stop_after` has passed;
+  5. `abort()` what is left, close idle upstream connections.
+
+Health checks (issue 3) start in `_start_checks()` and stop at the end of the drain.
+Seams for later issues: the VIP-aware stop order of issue 6 (keep accepting with
+`Connection: close` until the VRRP peer has taken the VIP) is `soft_stop()` followed later
+by `drain()`; the reload hand-over of server state (issue 6) can pass `backends` in from
+the old generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from pylb.config.model import Config, Listen
+from pylb.logsetup import NOTICE
+from pylb.proxy.accesslog import AccessLog
+from pylb.proxy.backend import Backend
+from pylb.proxy.listener import backlog_for
+from pylb.proxy.state import ListenContext, WorkerState
+
+log = logging.getLogger("pylb.worker")
+
+DRAIN_POLL = 0.05  # how often drain() looks whether the last connections are gone
+
+
+def frontend_factory(mode: str) -> Callable[[ListenContext], Any]:
+    """The frontend protocol class of a mode, imported on first use (a TCP-only config
+    never imports the HTTP stack)."""
+    if mode == "tcp":
+        from pylb.proxy.tcp import TcpFrontend
+
+        return TcpFrontend
+    if mode == "http":
+        from pylb.proxy.frontend import HttpFrontend
+
+        return HttpFrontend
+    raise ValueError(f"unknown mode {mode!r}")
+
+
+class Worker:
+    """The data plane of one process. Loop thread only."""
+
+    def __init__(
+        self,
+        config: Config,
+        sockets: Mapping[str, Sequence[socket.socket]],
+        *,
+        access_log: AccessLog | None = None,
+    ) -> None:
+        self.config = config
+        self.sockets = sockets
+        self._access_log = access_log
+        self.state: WorkerState | None = None
+        self.contexts: dict[str, ListenContext] = {}
+        self.servers: list[asyncio.base_events.Server] = []
+        self.checkers: list[Any] = []  # pylb.health.scheduler.HealthChecker, one per backend
+        self._stop = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self.started_at = 0.0
+
+    # -- start ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Build the runtime state and start accepting on every socket."""
+        loop = asyncio.get_running_loop()
+        g = self.config.global_
+        access_log = self._access_log
+        if access_log is None:  # built here, after the fork: its buffers are this process's
+            access_log = self._access_log = AccessLog.from_config(self.config)
+        self.state = state = WorkerState(loop=loop, access_log=access_log, maxconn=g.maxconn)
+        for lst in self.config.listens:
+            backend = Backend(lst)
+            state.backends[lst.name] = backend
+            self.contexts[lst.name] = ListenContext(conf=lst, backend=backend, worker=state)
+        try:
+            for lst in self.config.listens:
+                await self._serve_listen(lst)
+        except BaseException:
+            self._close_servers()
+            raise
+        self._start_checks()
+        self.started_at = time.monotonic()
+        for lst in self.config.listens:
+            log.log(NOTICE, "Proxy %s started.", lst.name)
+
+    async def _serve_listen(self, lst: Listen) -> None:
+        loop = asyncio.get_running_loop()
+        ctx = self.contexts[lst.name]
+        cls = frontend_factory(lst.mode)
+        # create_server() calls listen() again: pass the backlog the master chose, or
+        # asyncio would shrink it to 100.
+        backlog = backlog_for(lst.maxconn or self.config.global_.maxconn)
+        for sock in self.sockets.get(lst.name, ()):
+            server = await loop.create_server(lambda: cls(ctx), sock=sock, backlog=backlog)
+            self.servers.append(server)
+
+    def _start_checks(self) -> None:
+        """Active health checks (issue 3): one `HealthChecker` per backend, started once the
+        listeners serve. A listen without a `health` block gets none (servers stay up)."""
+        from pylb.health.scheduler import HealthChecker
+
+        loop = asyncio.get_running_loop()
+        for backend in self.state.backends.values() if self.state else ():
+            checker = HealthChecker(backend)
+            if checker.enabled:
+                checker.start(loop)
+                self.checkers.append(checker)
+
+    async def _stop_checks(self) -> None:
+        checkers, self.checkers = self.checkers, []
+        for checker in checkers:
+            checker.stop()
+        for checker in checkers:
+            await checker.wait_stopped()
+
+    # -- stop -----------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Ask `serve()` to drain and return; idempotent, safe from a signal handler."""
+        self._stop.set()
+
+    def soft_stop(self) -> None:
+        """Keep accepting but close every connection after its current request."""
+        if self.state is not None:
+            self.state.draining = True
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, let connections finish for at most `timeout` s, abort the rest."""
+        state = self.state
+        if state is None:
+            return
+        state.draining = True
+        for lst in self.config.listens:
+            log.log(NOTICE, "Stopping proxy %s in %d ms.", lst.name, int(timeout * 1000))
+        self._close_servers()
+        # uvloop accepts and builds the protocol in one step but calls connection_made()
+        # (where a frontend joins `state.connections`) on the next loop iteration: let
+        # those run, or a connection accepted just before the close would be neither
+        # shut down nor waited for, and die with the process.
+        for _ in range(2):
+            await asyncio.sleep(0)
+        for conn in list(state.connections):
+            with contextlib.suppress(Exception):  # one broken connection must not stop the drain
+                conn.shutdown()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while state.connections and loop.time() < deadline:
+            await asyncio.sleep(min(DRAIN_POLL, max(0.0, deadline - loop.time())))
+        if state.connections:
+            log.warning(
+                "hard-stop-after reached: aborting %d connection(s)", len(state.connections)
+            )
+            for conn in list(state.connections):
+                with contextlib.suppress(Exception):
+                    conn.abort()
+            await asyncio.sleep(0)  # let connection_lost callbacks run
+        self._close_idle_upstreams()
+        await self._stop_checks()  # checks ran until the last session ended
+        for lst in self.config.listens:
+            ctx = self.contexts[lst.name]
+            log.log(
+                NOTICE,
+                "Proxy %s stopped (cumulated conns: FE: %d, BE: %d).",
+                lst.name,
+                ctx.total_conns,
+                ctx.backend.total_conns,
+            )
+
+    def _close_servers(self) -> None:
+        for server in self.servers:
+            server.close()
+        self.servers.clear()
+
+    def _close_idle_upstreams(self) -> None:
+        """Idle keep-alive connections to servers hold no request: close them."""
+        if self.state is None:
+            return
+        from pylb.proxy.pool import close_idle
+
+        for backend in self.state.backends.values():
+            for srv in backend.servers:
+                close_idle(srv)
+
+    # -- run ------------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """start(), wait for request_stop(), drain within `hard_stop_after`."""
+        try:
+            if self.state is None:
+                await self.start()
+            await self._stop.wait()
+            await self.drain(self.config.global_.hard_stop_after)
+        finally:
+            self._close_servers()
+            for checker in self.checkers:  # not drained (an error): stop the timers anyway
+                checker.stop()
+            if self.state is not None:
+                self.state.access_log.close()  # flushes the buffered lines
+            self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+async def serve(
+    config: Config,
+    sockets: Mapping[str, Sequence[socket.socket]],
+    stop: asyncio.Event | None = None,
+) -> Worker:
+    """Run a worker in the running loop until `stop` is set (or forever), then drain."""
+    worker = Worker(config, sockets)
+    await worker.start()
+    waiter = None
+    if stop is not None:
+        waiter = asyncio.ensure_future(stop.wait())
+        waiter.add_done_callback(lambda _f: worker.request_stop())
+    try:
+        await worker.serve()
+    finally:
+        if waiter is not None:
+            waiter.cancel()
+    return worker
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed (the data plane's loop), asyncio's otherwise."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; keep working without it
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+PR_SET_PDEATHSIG = 1
+UNBLOCK = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1)
+
+
+def die_with_parent() -> None:
+    """Ask the kernel for SIGTERM when the master dies, so a SIGKILLed master leaves no
+    orphaned worker holding the listening sockets (Linux prctl; no-op elsewhere)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        pass
+
+
+def run_worker(
+    config: Config,
+    sockets: Mapping[str, Sequence[socket.socket]],
+    *,
+    master_pid: int | None = None,
+    ready_fd: int | None = None,
+) -> int:
+    """Process entry point of a forked worker: serve until SIGTERM, drain, return 0.
+
+    `ready_fd`: the write end of the master's readiness pipe; one byte is written to it
+    once every listener accepts, which is when the master announces the worker (and, on a
+    reload, retires the previous generation).
+
+    SIGINT, SIGHUP and SIGUSR1 are ignored: Ctrl-C (or `systemctl kill`) reaches every
+    process, and the master decides what a signal means (it sends SIGTERM to stop; reload
+    is the master's job).
+    """
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
+    if master_pid is not None:
+        die_with_parent()
+        if os.getppid() != master_pid:  # the master died before prctl() took effect
+            return 0
+
+    async def main() -> None:
+        worker = Worker(config, sockets)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, worker.request_stop)
+        # The master forks with signals blocked: a SIGTERM that arrived meanwhile is
+        # pending and is delivered now, to the handler above.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, UNBLOCK)
+        await worker.start()
+        if ready_fd is not None:
+            os.write(ready_fd, b"R")
+            os.close(ready_fd)
+        await worker.serve()
+
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(main())
+    return 0

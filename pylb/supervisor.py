@@ -1,0 +1,552 @@
+"""The master process of `pylb run`: config, listening sockets, children, signals.
+
+HAProxy's master-worker model: the master validates the config, binds every listening
+socket, then forks the children and never touches client traffic. The children are
+
+- `workers` proxy workers (`pylb.proxy.worker.run_worker`), worker slot `i` serving the
+  slot-`i` sockets of `ListenerSet` (SO_REUSEPORT: the kernel spreads connections);
+- the VRRP speaker (issue 4): `_spawn_vrrp()` is where it will be forked, as one more
+  child kind restarted by the same code.
+
+Why the master has no asyncio loop: it forks at any time (restart after a crash, reload),
+and a child forked from a process with a running loop inherits its epoll fd, its signal
+wakeup pipe and its pending callbacks. The master's own loop is instead a plain
+`select()` on the `signal.set_wakeup_fd` pipe: signal handlers only wake it up, and every
+decision (reap, restart, stop) runs in ordinary code, never inside a handler.
+
+Signals:
+- SIGTERM, SIGINT, SIGUSR1 (HAProxy's soft-stop signal): graceful stop. SIGTERM to every
+  child (a worker drains within `hard_stop_after` and exits 0), the master closes its
+  copies of the listeners, waits for the children (SIGKILL after `hard_stop_after` + 5 s),
+  exits 0. A second such signal kills the children at once.
+- SIGCHLD: reap; a child that died while not stopping is restarted with backoff (0.1 s
+  doubling to 5 s; reset after it ran a stable minute) and logged.
+- SIGHUP: reload (`reload()`): the file is validated again; a bad one is rejected with its
+  FILE:LINE:COL errors logged and the running workers keep serving; a good one gets a new
+  generation of workers on the same listening sockets, and the old generation drains once
+  every new worker has reported (readiness pipe) that it serves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import select
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+from pylb.config.model import Config
+from pylb.logsetup import NOTICE
+from pylb.proxy.listener import ListenerSet
+
+log = logging.getLogger("pylb.master")
+
+BACKOFF_MIN = 0.1
+BACKOFF_MAX = 5.0
+STABLE_AFTER = 60.0  # a child that ran this long is healthy again: backoff restarts at min
+KILL_GRACE = 5.0  # after hard_stop_after, before SIGKILL
+
+HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1)
+
+
+def next_backoff(current: float, ran_for: float) -> float:
+    """The delay before restarting a child that died after running `ran_for` seconds,
+    given the delay used last time (`current`, 0 for none): pure, unit-testable."""
+    if ran_for >= STABLE_AFTER or current <= 0:
+        return BACKOFF_MIN
+    return min(BACKOFF_MAX, current * 2)
+
+
+def describe_status(status: int) -> str:
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = str(-code)
+        return f"was killed by signal {-code} ({name})"
+    return f"exited with code {code}"
+
+
+@dataclass(slots=True)
+class Slot:
+    """One child the master keeps alive: a worker slot (or, later, the VRRP speaker)."""
+
+    kind: str
+    index: int
+    pid: int = 0
+    started: float = 0.0
+    backoff: float = 0.0  # delay used for the last restart
+    restart_at: float | None = None  # monotonic time of a pending restart
+    generation: int = 0  # config generation (incremented by each reload)
+    ready: bool = False  # the child reported that it serves
+    ready_fd: int = -1  # read end of the child's readiness pipe, until it reports
+    kill_at: float | None = None  # retiring child: SIGKILL if still alive then
+
+
+class Master:
+    """`pylb run`'s master. `run()` blocks until stopped and returns the exit code.
+
+    Children: `slots` (the current generation), `superseded` (older generations still
+    serving until the current one is ready, after a reload) and `retiring` (told to
+    drain, not restarted)."""
+
+    def __init__(self, config: Config, path: str | None = None) -> None:
+        self.config = config
+        self.path = path
+        self.listeners = ListenerSet()
+        self.slots: list[Slot] = []
+        self.superseded: list[tuple[Slot, float]] = []  # (slot, its hard_stop_after)
+        self.retiring: list[Slot] = []
+        self.generation = 0
+        self.announced = -1  # the last generation whose readiness was announced
+        self.stopping = False
+        self.stop_deadline = 0.0
+        self._wake_r = -1
+        self._wake_w = -1
+        self._old_handlers: dict[int, object] = {}
+        self.pid = os.getpid()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        try:
+            self._preload(self.config)
+        except ImportError as e:
+            print(f"pylb: cannot load the data plane: {e}", file=sys.stderr)
+            return 1
+        raise_fd_limit(self.config)
+        try:
+            self.listeners.sync(self.config)
+        except OSError as e:
+            log.critical("Starting proxies: %s", e.strerror or e)
+            print(f"pylb: {e.strerror or e}", file=sys.stderr)
+            return 1
+        self._install_signals()
+        try:
+            self.slots = [Slot("worker", i) for i in range(max(1, self.config.global_.workers))]
+            for slot in self.slots:
+                self._spawn(slot)
+            self._spawn_vrrp()
+            self._loop()
+        finally:
+            self._kill_all(signal.SIGKILL)
+            for slot in self._all_children():
+                self._close_ready(slot)
+            self.listeners.close()
+            self._restore_signals()
+        log.log(NOTICE, "Master exits with code 0")
+        return 0
+
+    def _preload(self, config: Config) -> None:
+        """Import the data plane's modules (no loop, no sockets) before forking: a broken
+        install fails here once instead of in a restart loop, and every (re)started worker
+        shares the imported code copy-on-write instead of importing it again."""
+        from pylb.proxy.worker import frontend_factory
+
+        with contextlib.suppress(ImportError):  # the worker falls back to asyncio's loop
+            import uvloop  # noqa: F401  # imported for the children, see above
+        for mode in {lst.mode for lst in config.listens}:
+            frontend_factory(mode)
+
+    def _loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            timeout = self._next_timeout(now)
+            waiting = {s.ready_fd: s for s in self._all_children() if s.ready_fd >= 0}
+            try:
+                ready, _, _ = select.select([self._wake_r, *waiting], [], [], timeout)
+            except InterruptedError:  # pragma: no cover - PEP 475 retries select itself
+                ready = []
+            for fd in ready:
+                if fd == self._wake_r:
+                    for signum in self._read_signals():
+                        self._on_signal(signum)
+                elif fd in waiting:
+                    self._on_ready(waiting[fd])
+            self._reap()
+            now = time.monotonic()
+            self._check_generation_ready()
+            for old in self.retiring:
+                if old.kill_at is not None and now >= old.kill_at:
+                    log.warning(
+                        "Old %s %d still running after hard-stop-after: killed", old.kind, old.pid
+                    )
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(old.pid, signal.SIGKILL)
+                    old.kill_at = None
+            if self.stopping:
+                if not any(s.pid for s in self._all_children()):
+                    return
+                if now >= self.stop_deadline:
+                    log.warning("hard-stop-after passed: killing remaining children")
+                    self._kill_all(signal.SIGKILL)
+                    self.stop_deadline = now + KILL_GRACE
+                continue
+            for slot in self.slots:
+                if slot.pid == 0 and slot.restart_at is not None and now >= slot.restart_at:
+                    try:
+                        self._spawn(slot)
+                    except OSError as e:  # fork failed (EAGAIN, ENOMEM): try again later
+                        slot.backoff = next_backoff(slot.backoff, 0.0)
+                        slot.restart_at = now + slot.backoff
+                        log.error(
+                            "Cannot start %s: %s, retrying in %.1f s", slot.kind, e, slot.backoff
+                        )
+
+    def _next_timeout(self, now: float) -> float | None:
+        due = [s.kill_at for s in self.retiring if s.kill_at is not None]
+        if self.stopping:
+            due.append(self.stop_deadline)
+        else:
+            due += [s.restart_at for s in self.slots if s.pid == 0 and s.restart_at is not None]
+        return max(0.0, min(due) - now) if due else None
+
+    def _all_children(self) -> list[Slot]:
+        return [*self.slots, *(s for s, _ in self.superseded), *self.retiring]
+
+    # -- readiness --------------------------------------------------------------------------
+
+    def _on_ready(self, slot: Slot) -> None:
+        """The child wrote its readiness byte (it serves), or closed the pipe (it died
+        before that; _reap() handles the death)."""
+        try:
+            data = os.read(slot.ready_fd, 16)
+        except BlockingIOError:  # pragma: no cover - select said readable
+            return
+        self._close_ready(slot)
+        if data:
+            slot.ready = True
+
+    def _close_ready(self, slot: Slot) -> None:
+        if slot.ready_fd >= 0:
+            os.close(slot.ready_fd)
+            slot.ready_fd = -1
+
+    def _check_generation_ready(self) -> None:
+        """Once every worker of the current generation serves: announce it (start) or
+        retire the generations it replaces (reload). Until then the old ones keep serving,
+        so a new generation that cannot start never leaves the listeners unserved."""
+        if self.stopping or self.announced == self.generation:
+            return
+        if not all(s.ready and s.pid for s in self.slots):
+            return
+        self.announced = self.generation
+        if self.generation == 0:
+            log.log(NOTICE, "Loading success. %d worker(s) started.", len(self.slots))
+            self._notify("READY=1")
+            return
+        superseded, self.superseded = self.superseded, []
+        for slot, hard_stop_after in superseded:
+            self._retire(slot, hard_stop_after)
+        log.log(
+            NOTICE,
+            "Reload done: generation %d, %d worker(s) serving, %d old draining",
+            self.generation,
+            len(self.slots),
+            len(self.retiring),
+        )
+        self._notify("READY=1")
+
+    # -- children ---------------------------------------------------------------------------
+
+    def _spawn(self, slot: Slot) -> None:
+        """Fork one child for `slot`. The child never returns into the master's code."""
+        slot.restart_at = None
+        slot.ready = False
+        self._close_ready(slot)
+        for stream in (sys.stdout, sys.stderr):  # buffered output would be written twice
+            stream.flush()
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        # Signals stay blocked across the fork: the parent gets them after fork() returns,
+        # and the child only once its own handlers are in place (run_worker unblocks them),
+        # so a SIGTERM sent to the whole group (systemd's KillMode=control-group) neither
+        # reaches the master's pipe through the child nor kills a half-started worker.
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+        try:
+            pid = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            os.close(ready_r)
+            os.close(ready_w)
+            raise
+        if pid == 0:  # pragma: no cover - runs in the child (covered by integration tests)
+            code = 1
+            try:
+                os.close(ready_r)
+                self._child_reset()
+                code = self._child_main(slot, ready_w)
+            except BaseException:
+                log.exception("%s %d crashed", slot.kind, os.getpid())
+            finally:
+                logging.shutdown()
+                for stream in (sys.stdout, sys.stderr):
+                    with contextlib.suppress(Exception):
+                        stream.flush()
+                os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        os.close(ready_w)
+        os.set_blocking(ready_r, False)
+        slot.ready_fd = ready_r
+        slot.pid = pid
+        slot.generation = self.generation
+        slot.started = time.monotonic()
+        log.info("Started %s %d (slot %d)", slot.kind, pid, slot.index)
+
+    def _child_reset(self) -> None:
+        """In a fresh child: forget the master's signal plumbing and pipes (signals are
+        still blocked; the child's main unblocks them once its handlers are installed)."""
+        signal.set_wakeup_fd(-1)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        for other in self._all_children():
+            if other.ready_fd >= 0:
+                os.close(other.ready_fd)
+        for sig in HANDLED:
+            signal.signal(sig, signal.SIG_DFL)
+
+    def _child_main(self, slot: Slot, ready_fd: int) -> int:
+        if slot.kind == "worker":
+            from pylb.proxy.worker import run_worker
+
+            mine = self.listeners.for_slot(slot.index)
+            keep = {id(s) for socks in mine.values() for s in socks}
+            for s in self.listeners.all_sockets():  # other slots' sockets are not ours
+                if id(s) not in keep:
+                    s.close()
+            return run_worker(self.config, mine, master_pid=self.pid, ready_fd=ready_fd)
+        raise RuntimeError(f"unknown child kind {slot.kind!r}")
+
+    def _spawn_vrrp(self) -> None:
+        """Issue 4: fork the VRRP speaker as `Slot("vrrp", 0)` when `config.vrrp` is set,
+        with a heartbeat pipe from the master (the proxy's health lowers its priority)."""
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            what = describe_status(status)
+            old = next((s for s in self.retiring if s.pid == pid), None)
+            if old is None:
+                entry = next((e for e in self.superseded if e[0].pid == pid), None)
+                if entry is not None:
+                    self.superseded.remove(entry)
+                    old = entry[0]
+            if old is not None:
+                if old in self.retiring:
+                    self.retiring.remove(old)
+                self._close_ready(old)
+                old.pid = 0
+                log.info("Old %s %d (generation %d) %s", old.kind, pid, old.generation, what)
+                continue
+            slot = next((s for s in self.slots if s.pid == pid), None)
+            if slot is None:
+                continue
+            slot.pid = 0
+            slot.ready = False
+            self._close_ready(slot)
+            if self.stopping:
+                log.info("%s %d %s", slot.kind.capitalize(), pid, what)
+                continue
+            ran = time.monotonic() - slot.started
+            slot.backoff = next_backoff(slot.backoff, ran)
+            slot.restart_at = time.monotonic() + slot.backoff
+            log.error(
+                "%s %d %s, restarting in %.1f s",
+                slot.kind.capitalize(),
+                pid,
+                what,
+                slot.backoff,
+            )
+
+    def _kill_all(self, sig: int) -> None:
+        for slot in self._all_children():
+            if slot.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.pid, sig)
+
+    # -- signals ----------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        for sig in HANDLED:
+            # The handler does nothing: the wakeup fd carries the signal number to _loop().
+            self._old_handlers[sig] = signal.signal(sig, _noop_handler)
+
+    def _restore_signals(self) -> None:
+        signal.set_wakeup_fd(-1)
+        for sig, old in self._old_handlers.items():
+            signal.signal(sig, old)  # type: ignore[arg-type]  # what signal() returned
+        self._old_handlers.clear()
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+    def _read_signals(self) -> list[int]:
+        out: list[int] = []
+        while True:
+            try:
+                data = os.read(self._wake_r, 512)
+            except BlockingIOError:
+                return out
+            except OSError as e:  # pragma: no cover
+                if e.errno == errno.EINTR:
+                    continue
+                raise
+            if not data:
+                return out
+            out.extend(data)
+
+    def _on_signal(self, signum: int) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+            # SIGUSR1 is HAProxy's soft stop; pylb's SIGTERM already is one.
+            self.stop(signal.Signals(signum).name)
+        elif signum == signal.SIGHUP:
+            self.reload()
+        # SIGCHLD: _loop() reaps after every wakeup
+
+    def stop(self, why: str = "") -> None:
+        """Graceful stop: workers drain within hard_stop_after; a second call kills them."""
+        if self.stopping:
+            log.warning("%s again: killing the children now", why or "stop")
+            self._kill_all(signal.SIGKILL)
+            return
+        self.stopping = True
+        log.log(
+            NOTICE,
+            "%s received: stopping (hard-stop-after %gs)",
+            why or "stop",
+            self.config.global_.hard_stop_after,
+        )
+        self._notify("STOPPING=1")
+        for slot in self.slots:
+            slot.restart_at = None
+        self._kill_all(signal.SIGTERM)
+        # The master's copies of the listeners go now; each worker closes its own when it
+        # starts draining, and then the kernel refuses new connections.
+        self.listeners.close()
+        self.stop_deadline = time.monotonic() + self.config.global_.hard_stop_after + KILL_GRACE
+
+    def reload(self) -> bool:
+        """SIGHUP: validate the file again; if it is good, bind what it adds (the sockets of
+        unchanged addresses stay the same objects) and fork a new generation of workers on
+        them. The old generation keeps serving until every new worker reports that it
+        serves; then it is told to drain (SIGTERM) within its `hard_stop_after`. A bad file
+        is rejected with its FILE:LINE:COL errors and the running generation keeps serving.
+
+        No connection is refused meanwhile: each listening socket stays open in the master
+        throughout, and old and new workers of a slot accept from the same socket.
+        Not yet (issue 6): server health/admin state handed to the new generation,
+        sd_notify RELOADING=1."""
+        if self.stopping or self.path is None:
+            return False
+        from pylb.config.load import ConfigError, load_config_with_warnings
+        from pylb.logsetup import setup_logging
+
+        log.log(NOTICE, "Reloading configuration from %s", self.path)
+        try:
+            new, warnings = load_config_with_warnings(self.path)
+            self._preload(new)
+            self.listeners.sync(new)
+        except ImportError as e:
+            log.error("Reload rejected, keeping the running configuration: %s", e)
+            return False
+        except ConfigError as e:
+            log.error("Reload rejected, keeping the running configuration:\n%s", e.report())
+            return False
+        except OSError as e:
+            log.error("Reload rejected, keeping the running configuration: %s", e.strerror or e)
+            return False
+        for w in warnings:
+            log.warning("%s", w)
+        hard_stop = self.config.global_.hard_stop_after
+        for slot in self.slots:  # they serve until the new generation does
+            slot.restart_at = None
+            if slot.pid:
+                self.superseded.append((slot, hard_stop))
+        self.config = new
+        try:
+            setup_logging(new.global_.log)
+        except (OSError, ValueError) as e:  # keep the previous target
+            log.error("global.log: %s (keeping the previous log target)", e)
+        self.generation += 1
+        self.slots = [Slot("worker", i) for i in range(max(1, new.global_.workers))]
+        for slot in self.slots:
+            self._spawn(slot)
+        return True
+
+    def _retire(self, slot: Slot, hard_stop_after: float) -> None:
+        """Tell a child of a previous generation to drain (it is not restarted)."""
+        slot.kill_at = time.monotonic() + hard_stop_after + KILL_GRACE
+        self.retiring.append(slot)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(slot.pid, signal.SIGTERM)
+
+    def _notify(self, state: str) -> None:
+        """Issue 6: sd_notify(state) to $NOTIFY_SOCKET (READY=1, RELOADING=1, STOPPING=1)."""
+
+
+def fds_needed(config: Config) -> int:
+    """File descriptors a worker may need at `global.maxconn`: a client and a server
+    socket per session, plus listeners and a margin for logs, checks and the loop."""
+    binds = sum(len(lst.binds) for lst in config.listens)
+    return 2 * config.global_.maxconn + binds + 64
+
+
+def raise_fd_limit(config: Config) -> None:
+    """Raise the soft RLIMIT_NOFILE towards what `maxconn` needs (children inherit it);
+    warn when the hard limit is too low, instead of failing at the 1025th connection."""
+    import resource
+
+    need = fds_needed(config)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft != resource.RLIM_INFINITY and soft < need:
+        log.warning(
+            "global.maxconn %d needs about %d file descriptors but the limit is %d: "
+            "raise LimitNOFILE / ulimit -n or lower maxconn",
+            config.global_.maxconn,
+            need,
+            soft,
+        )
+
+
+def _noop_handler(signum: int, frame: object) -> None:
+    """Installed so the signal is delivered (and written to the wakeup fd), not acted on."""
+
+
+def run_master(path: str) -> int:
+    """`pylb run -c PATH`: load and validate, then run the master until stopped."""
+    from pylb.config.load import ConfigError, load_config_with_warnings
+    from pylb.logsetup import setup_logging
+
+    try:
+        config, warnings = load_config_with_warnings(path)
+    except ConfigError as e:
+        print(e.report(), file=sys.stderr)  # every diagnostic, FILE:LINE:COL: error: ...
+        return 1
+    except OSError as e:
+        print(f"{path}: error: {e.strerror or e}", file=sys.stderr)
+        return 1
+    for w in warnings:
+        print(str(w), file=sys.stderr)
+    try:
+        setup_logging(config.global_.log)
+    except (OSError, ValueError) as e:
+        print(f"{path}: error: global.log: {e}", file=sys.stderr)
+        return 1
+    return Master(config, path).run()
