@@ -9,7 +9,9 @@ TSTAMP := $(VENV)/.installed-test
 .PHONY: run test lint install clean deb-test
 
 $(PY):
-	$(PYTHON) -m venv $(VENV)
+	@# Debian's python3 needs python3-venv for ensurepip; install it when missing and root.
+	$(PYTHON) -m venv $(VENV) || { [ "$$(id -u)" = 0 ] && rm -rf $(VENV) && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); }
 	$(PIP) install -q --upgrade pip
 
 $(STAMP): $(PY) pyproject.toml
