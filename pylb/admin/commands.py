@@ -47,6 +47,7 @@ HELP = """\
   set server <bk>/<srv> weight <w>[%]     : change a server's weight (0..256)
   show vrrp                               : VRRP instances and their state
   show writer <listen>                    : current Galera writer of a listener
+  set writer <listen> <server>            : switch the writer now (old sessions closed)
 """
 
 UNKNOWN = "Unknown command. Please enter one of the following commands only :\n" + HELP
@@ -263,20 +264,31 @@ def show_vrrp(snap: Snapshot) -> str:
     return "\n".join(out) + "\n"
 
 
-def show_writer(snap: Snapshot, name: str) -> str:
+def _writer_backend(snap: Snapshot, name: str):
     backend = snap.backend(name)
     if backend is None:
         raise CommandError("No such backend.")
-    if snap.writer is not None and name in snap.writer:
-        info = snap.writer[name]
-        return "".join(f"{k}: {v}\n" for k, v in info.items())
-    if backend.conf.balance != "writer-pin":
-        return f"Listener {name} does not use 'balance writer-pin'.\n"
-    writer = getattr(backend.balancer, "writer", None)
-    return (
-        f"writer: {writer.name if writer is not None else '-'}\n"
-        "galera: not available (no Galera state in this process)\n"
-    )
+    if getattr(backend, "writer", None) is None:
+        raise CommandError(f"Listener {name} does not use 'balance writer-pin'.")
+    return backend
+
+
+def show_writer(snap: Snapshot, name: str) -> str:
+    from pylb.galera.writer import show_writer as writer_text
+
+    return writer_text(_writer_backend(snap, name))
+
+
+def set_writer(snap: Snapshot, name: str, server: str) -> str:
+    """Manual switch; the old writer's sessions are closed at once (pylb.galera.writer)."""
+    from pylb.galera.writer import WriterError
+    from pylb.galera.writer import set_writer as switch
+
+    backend = _writer_backend(snap, name)
+    try:
+        return switch(backend, server)
+    except WriterError as e:
+        raise CommandError(str(e)) from None
 
 
 # -- dispatch ---------------------------------------------------------------------------
@@ -334,6 +346,10 @@ def _run(words: list[str], snap: Snapshot) -> str:
             return show_writer(snap, name)
         case ["show", "writer"]:
             raise CommandError("Require a listener name: show writer <listen>.")
+        case ["set", "writer", name, server]:
+            return set_writer(snap, name, server)
+        case ["set", "writer", *_]:
+            raise CommandError("Usage: set writer <listen> <server>.")
     return UNKNOWN
 
 

@@ -290,8 +290,8 @@ def backend_row(backend: Backend, iid: int, now: float) -> Row:
     return {
         "pxname": backend.name,
         "svname": "BACKEND",
-        "qcur": 0,
-        "qmax": 0,
+        "qcur": backend.queue.count,  # one FIFO per backend (pylb.proxy.queue)
+        "qmax": backend.queue.max,
         "scur": backend.cur_conns,
         "smax": backend.max_conns,
         "slim": backend.conf.maxconn,

@@ -30,13 +30,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from pylb.config.model import Address, Health
+from pylb.config.model import Address, Health, Listen
 from pylb.health.passive import ObservePolicy, Observer
 from pylb.health.probes import Probe, make_probe, probe_factory
 from pylb.health.state import CheckState
-from pylb.health.types import CheckResult, CheckStatus, InitState, Observation, Step, Transition
+from pylb.health.types import (
+    CheckResult,
+    CheckStatus,
+    InitState,
+    Observation,
+    OnError,
+    Step,
+    Transition,
+)
 from pylb.proxy.backend import AdminState, Backend, Server
 
 log = logging.getLogger("pylb.health")
@@ -59,6 +67,21 @@ def check_timeout(health: Health, connect_timeout: float) -> float:
     check never outlives its interval and never waits longer than a real connect would."""
     p = health.params
     return p.timeout if p.timeout is not None else min(p.inter, connect_timeout)
+
+
+# writer-pin: one observed connect failure to the writer takes it down at once, so the
+# writer moves (and the failed session is redispatched to the new one) in the same client
+# attempt instead of after `fall` checks: a Galera writer that refuses or times out is
+# replaced within one connect, and only a passing active check series (`rise`) brings it
+# back (pylb.galera.writer; docs/galera.md).
+WRITER_PIN_POLICY = ObservePolicy(error_limit=1, on_error=OnError.MARK_DOWN)
+
+
+def default_policy(conf: Listen) -> ObservePolicy:
+    """The passive-observation policy of a listener: HAProxy's fail-check by default,
+    mark-down for writer-pin (a second writer must never be tried while the first one
+    is believed alive)."""
+    return WRITER_PIN_POLICY if conf.balance == "writer-pin" else ObservePolicy()
 
 
 class ServerCheck:
@@ -221,7 +244,7 @@ class HealthChecker:
         self.health = conf.health if conf.health is not None else Health(type="none")
         self.spread = spread
         self.init = init
-        self.policy = policy or ObservePolicy()
+        self.policy = policy or default_policy(conf)
         self.rng = rng
         self.probe = probe or make_probe(self.health)
         self.timeout = check_timeout(self.health, conf.timeout.connect)
@@ -237,8 +260,14 @@ class HealthChecker:
     def enabled(self) -> bool:
         return bool(self.checks)
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Attach to the servers and schedule the first checks (spread over one inter)."""
+    def start(
+        self, loop: asyncio.AbstractEventLoop, inherited: Mapping[str, int] | None = None
+    ) -> None:
+        """Attach to the servers and schedule the first checks (spread over one inter).
+
+        `inherited`: server name -> health counter carried over from the previous
+        generation at a reload (`show servers state`): such a server resumes where its
+        old check was instead of at `init-state` (clamped to this rise/fall)."""
         if self.loop is not None:
             raise RuntimeError("HealthChecker already started")
         self.loop = loop
@@ -252,6 +281,9 @@ class HealthChecker:
             )
         now = loop.time()
         for sc in self.checks:
+            if inherited and sc.server.name in inherited:
+                st = sc.state
+                st.health = max(0, min(inherited[sc.server.name], st.rise + st.fall - 1))
             init_up = sc.state.up
             if sc.server.oper_up != init_up:
                 sc.server.oper_up = init_up
@@ -330,9 +362,10 @@ def transition_message(server: Server, tr: Transition, act: int, bck: int) -> st
     if tr.up:
         return (
             f"{head} is UP, {reason}. {act} active and {bck} backup servers online. "
-            f"0 sessions requeued, 0 total in queue."
+            f"0 sessions requeued, {server.backend.queue.count} total in queue."
         )
     return (
         f"{head} is DOWN, {reason}. {act} active and {bck} backup servers left. "
-        f"{server.cur_conns} sessions active, 0 requeued, 0 remaining in queue."
+        f"{server.cur_conns} sessions active, 0 requeued, "
+        f"{server.backend.queue.count} remaining in queue."
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pylb.config.model import Listen, ServerConf
 
@@ -41,6 +41,7 @@ class Server:
         "check_duration",
         "check_status",
         "conf",
+        "connect_ewma",
         "cur_conns",
         "failed_conns",
         "idle",
@@ -49,9 +50,10 @@ class Server:
         "max_conns",
         "name",
         "oper_up",
+        "redispatches",
         "resp_errors",
         "retries",
-        "redispatches",
+        "sessions",
         "total_conns",
         "weight",
     )
@@ -84,6 +86,13 @@ class Server:
         self.bytes_in = 0  # client -> server
         self.bytes_out = 0  # server -> client
         self.idle: list = []  # idle keep-alive upstream connections (HTTP pool)
+        # Usual connect time (s, EWMA of successful connects; None = no sample yet): a
+        # connect taking far longer is a crash signal (pylb.proxy.exchange.slow_connect_after).
+        self.connect_ewma: float | None = None
+        # TCP sessions on this server (connecting or established), so they can be ended at
+        # once when the server must stop taking traffic (HAProxy's `on-marked-down
+        # shutdown-sessions`; writer-pin on every writer change). Each has `server_gone()`.
+        self.sessions: set[Any] = set()
 
     @property
     def usable(self) -> bool:
@@ -103,9 +112,23 @@ class Server:
     def drop(self) -> None:
         self.cur_conns -= 1
         self.backend.balancer.on_drop(self)
+        q = self.backend.queue
+        if q.count:  # a slot freed: the head of the backend's queue takes it
+            q.dispatch(self)
+
+    def shutdown_sessions(self) -> int:
+        """End every session registered on this server now (a connecting one may be
+        redispatched by its frontend: nothing was sent yet). Returns how many there were."""
+        sessions = list(self.sessions)
+        for sess in sessions:
+            sess.server_gone(self)
+        return len(sessions)
 
     def __repr__(self) -> str:
-        return f"<Server {self.backend.name}/{self.name} {self.key} up={self.oper_up} {self.admin.value}>"
+        return (
+            f"<Server {self.backend.name}/{self.name} {self.key} up={self.oper_up} "
+            f"{self.admin.value}>"
+        )
 
 
 class Backend:
@@ -120,8 +143,10 @@ class Backend:
         "denied",
         "max_conns",
         "name",
+        "queue",
         "servers",
         "total_conns",
+        "writer",
     )
 
     def __init__(self, conf: Listen) -> None:
@@ -133,6 +158,17 @@ class Backend:
         self.balancer: Balancer = make_balancer(
             conf.balance, self.servers, allbackups=conf.allbackups, failback=conf.failback
         )
+        # writer-pin: the controller that applies writer changes (closes the old writer's
+        # sessions, logs, peers); None for other algorithms. pylb.galera.writer.
+        self.writer: Any = None
+        if conf.balance == "writer-pin":
+            from pylb.galera.writer import WriterController
+
+            self.writer = WriterController(self)
+        from pylb.proxy.queue import backend_queue
+
+        # Requests waiting for a server slot (maxconn), `timeout.queue`: pylb.proxy.queue.
+        self.queue = backend_queue(self)
         self.cur_conns = 0  # frontend sessions
         self.max_conns = 0
         self.total_conns = 0
@@ -150,6 +186,8 @@ class Backend:
         """Call after changing a server's oper_up / admin / weight."""
         server.last_change = time.time()
         self.balancer.update()
+        if self.queue.count:  # a server (back) up may take queued requests
+            self.queue.dispatch()
 
     def pick(self, key: bytes | None = None, avoid: tuple[Server, ...] = ()) -> Server | None:
         return self.balancer.pick(key, avoid)  # type: ignore[return-value]  # Server is a Candidate

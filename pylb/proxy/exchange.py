@@ -1,11 +1,31 @@
-"""One request/response through the HTTP proxy: chosen server, retries, timings, log.
+"""One request/response through the HTTP proxy: chosen server, queue, retries, timings, log.
 
 The frontend (`HttpFrontend`, one per client connection) creates one `Exchange` per
 request and feeds it the request events; the upstream connection (`UpstreamConn`) calls it
 back with the server's bytes. An exchange never blocks the loop and, when the pool has an
 idle connection, never creates a task: the request head is written from the client's
 `data_received` callback and the response from the server's (uvicorn's
-connection/cycle split; the connect alone is a task).
+connection/cycle split; a connect attempt alone is a task).
+
+Resilience (issue 3; docs/health.md "Resilience"):
+
+- a server at its `maxconn` makes the request wait in the backend's queue
+  (`pylb.proxy.queue`); the slot is granted by whichever server frees one first, or the
+  request is answered 503 after `timeout.queue` (`sQ--`);
+- every connect failure, and a reset before the first response byte, is reported to the
+  server's health check at once (passive observation), so traffic leaves a dead server
+  before its next active check;
+- a failed connect is retried up to `retries` times (after HAProxy's 1 s turn-around when
+  it was refused), the last time on another server with `redispatch`, and at once on
+  another server when observation has just taken the failed one out;
+- a connect that takes far longer than the server's usual connect time
+  (`slow_connect_after`) starts a second connect to another server, and the first one to
+  complete wins (happy-eyeballs style: no connect is ever cancelled, a loser is closed when
+  it completes), so a crashed server that drops SYNs costs a few hundred ms, not
+  `timeout.connect`;
+- an idempotent request whose server connection dies before the first response byte is
+  replayed on another server, if its whole body (if any) is still kept (`REPLAY_MAX`).
+  POST and PATCH are never replayed once anything was sent.
 
 Errors are answered as HAProxy answers them: no usable server or connect failure after
 the retries -> 503; the server closes, resets or sends garbage before its response head
@@ -19,6 +39,9 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
+from pylb.balance.base import Balancer
+from pylb.health.passive import observation_for, observe
+from pylb.health.types import Observation
 from pylb.proxy import pool
 from pylb.proxy.accesslog import HttpLogRecord
 from pylb.proxy.connect import ConnectError, open_connection
@@ -26,6 +49,7 @@ from pylb.proxy.errors import UpstreamProtocolError
 from pylb.proxy.flow import HIGH_WATER
 from pylb.proxy.h1 import (
     END,
+    IDEMPOTENT_METHODS,
     LAST_CHUNK,
     Request,
     Response,
@@ -40,23 +64,107 @@ from pylb.proxy.responses import canned, canned_head_only
 from pylb.proxy.upstream import ACTIVE, UpstreamConn
 
 if TYPE_CHECKING:
-    from pylb.proxy.backend import Server
+    from pylb.proxy.backend import Backend, Server
     from pylb.proxy.frontend import HttpFrontend
+    from pylb.proxy.queue import Ticket
 
 _CRLF = b"\r\n"
 RETRY_TURNAROUND = 1.0  # HAProxy: min(timeout connect, 1 s) before retrying the same server
 _NO_FRAMING = ResponseFraming(False, True)
 
+# A request body is kept for a replay only up to this size (HAProxy replays only what it
+# still holds in its buffer, `retry-on`; its default buffer is 16 KiB). 64 KiB is the
+# flow-control high-water mark: what one socket write buffer holds anyway, so keeping it
+# costs at most one more buffer per in-flight idempotent request with a body.
+REPLAY_MAX = HIGH_WATER
 
-def observe_server_failure(server: Server, kind: str) -> None:
-    """Passive health observation seam (issue 3): called on every connect failure
-    (`kind` = ConnectError.kind) and on a server that dies or times out before its response
-    head ('reset', 'invalid', 'timeout'). No-op until health checks land."""
+# Slow connect as a crash signal (ARCHITECTURE.md "A backend node that crashes"): a connect
+# still pending after SLOW_CONNECT_FACTOR x the server's usual connect time (EWMA), but at
+# least SLOW_CONNECT_MIN and at most SLOW_CONNECT_MAX, races a connect to another server.
+SLOW_CONNECT_FACTOR = 10.0
+SLOW_CONNECT_MIN = 0.2  # s: far above a LAN connect (~0.1-1 ms), below any client's patience
+SLOW_CONNECT_MAX = 2.0  # s: a server with a slow history is still raced well before 5-10 s
+SLOW_CONNECT_UNKNOWN = 1.0  # s: no connect to any server of the backend measured yet
+EWMA_ALPHA = 0.2  # weight of the newest sample: about the last 5-10 connects count
+
+
+def slow_connect_after(usual: float | None, connect_timeout: float) -> float | None:
+    """Seconds after which a pending connect counts as slow, or None when racing cannot
+    help (the threshold would not come before `timeout.connect`). Pure.
+
+    `usual`: the server's EWMA connect time (s), or the backend's when the server has no
+    sample yet, or None when nothing was measured (then SLOW_CONNECT_UNKNOWN)."""
+    if usual is None:
+        after = SLOW_CONNECT_UNKNOWN
+    else:
+        after = min(max(SLOW_CONNECT_FACTOR * usual, SLOW_CONNECT_MIN), SLOW_CONNECT_MAX)
+    return after if after < connect_timeout else None
+
+
+def usual_connect_time(server: Server) -> float | None:
+    """The server's EWMA connect time, else the slowest EWMA of its backend's servers (a
+    server that never connected is compared with its peers), else None."""
+    e = server.connect_ewma
+    if e is not None:
+        return e
+    samples = [s.connect_ewma for s in server.backend.servers if s.connect_ewma is not None]
+    return max(samples) if samples else None
+
+
+def record_connect_time(server: Server, seconds: float) -> None:
+    e = server.connect_ewma
+    server.connect_ewma = seconds if e is None else e + EWMA_ALPHA * (seconds - e)
+
+
+def observe_server_failure(server: Server, kind: str, info: str = "") -> None:
+    """Passive health observation (HAProxy `observe layer4`): a connect failure (`kind` =
+    ConnectError.kind) or a reset before the first response byte ('reset') counts as a
+    failed check of `server` at once. An invalid response or a server timeout is not a
+    layer-4 event: active checks judge those. No-op for a server without active checks."""
+    if kind == "reset":
+        observe(server, Observation.RESET, info or "Connection reset before the response")
+    elif kind not in ("invalid", "timeout-response"):
+        observe(server, observation_for(kind), info)
+
+
+def can_take(server: Server) -> bool:
+    """The balancer may use `server` and it is under its maxconn."""
+    return Balancer.eligible(server) and server.has_slot()
+
+
+class _Attempt:
+    """One connect to one server (a task), owning one `take()` of that server while `live`.
+
+    Several attempts of one exchange may run at once (a slow connect raced by another);
+    the first to connect wins, the others are released and their connection, if it ever
+    completes, is closed. No attempt is ever cancelled (uvloop #738: see connect.py)."""
+
+    __slots__ = ("live", "server", "t0", "task", "timer")
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.live = True
+        self.t0 = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[None] | None = None  # kept referenced while it runs
+
+    def stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def release(self) -> None:
+        """Give the server slot back (idempotent)."""
+        self.stop_timer()
+        if self.live:
+            self.live = False
+            self.server.drop()
 
 
 class Exchange:
     __slots__ = (
-        "_task",
+        "_attempts",
+        "_slot",
         "body_sent",
         "bytes_out",
         "done",
@@ -70,7 +178,10 @@ class Exchange:
         "last_srv",
         "pending",
         "pending_bytes",
+        "q_ahead",
         "redispatched",
+        "replay",
+        "replay_bytes",
         "req",
         "req_complete",
         "resp_done",
@@ -80,11 +191,14 @@ class Exchange:
         "server",
         "stale_retried",
         "status",
+        "t_conn0",
         "t_connect",
         "t_head",
+        "t_queue",
         "t_response",
         "t_sent",
         "t_start",
+        "ticket",
         "tunnel",
         "up",
         "upgrading",
@@ -93,11 +207,21 @@ class Exchange:
     def __init__(self, fe: HttpFrontend, req: Request, t_start: float, t_head: float) -> None:
         self.fe = fe
         self.req = req
-        self.server: Server | None = None
+        self.server: Server | None = None  # the server of this request (logs, counters)
+        self._slot: Server | None = None  # the server whose take() this exchange owns
+        self._attempts: list[_Attempt] | None = None  # connects in flight
+        self.ticket: Ticket | None = None  # place in the backend queue
         self.up: UpstreamConn | None = None
         self.head = b""
         self.pending: list = []  # body pieces / END received before the upstream is ready
         self.pending_bytes = 0
+        # Body bytes sent so far, kept for a replay (idempotent methods, <= REPLAY_MAX).
+        self.replay: list[bytes] | None = None
+        if req.has_body and req.method in IDEMPOTENT_METHODS:
+            cl = req.content_length
+            if cl is None or cl <= REPLAY_MAX:
+                self.replay = []
+        self.replay_bytes = 0
         self.held: list[bytes] = []  # client bytes after an Upgrade request head
         self.holding = False
         self.req_complete = False
@@ -118,13 +242,15 @@ class Exchange:
         self.stale_retried = False
         self.t_start = t_start
         self.t_head = t_head
+        self.t_queue = 0.0
+        self.q_ahead = 0
+        self.t_conn0 = -1.0
         self.t_connect = -1.0
         self.t_sent = -1.0
         self.t_response = -1.0
         self.last_srv = t_head
-        self._task = None
 
-    # -- start: pick, pool, connect ----------------------------------------------------------
+    # -- start: pick, queue, pool, connect ---------------------------------------------------
     def start(self) -> None:
         fe = self.fe
         backend = fe.ctx.backend
@@ -132,72 +258,192 @@ class Exchange:
         if srv is None:
             self._fail(503, "SC")
             return
-        self._use(srv)
+        self.server = srv
         self.head = serialize_request_head(self.req, fe.client_ip_b, fe.conf.forwardfor)
-        conn = pool.acquire(srv, fe.loop.time())
+        if not srv.has_slot():
+            # Every server is at its maxconn (the balancer prefers one with a slot).
+            self._enqueue(backend)
+            return
+        srv.take()
+        self._slot = srv
+        self._go(srv)
+
+    def _go(self, srv: Server, fresh: bool = False) -> None:
+        """Send on `srv`, whose slot this exchange holds: a pooled connection, else a
+        connect attempt (which takes the slot over)."""
+        conn = None if fresh else pool.acquire(srv, self.fe.loop.time())
         if conn is not None:
             self.t_connect = 0.0
             self._attach(conn)
-        else:
-            self._connect()
-
-    def _use(self, srv: Server) -> None:
-        if self.server is not None:
-            self.server.drop()
-        self.server = srv
-        srv.take()
-
-    def _connect(self) -> None:
-        self._task = self.fe.loop.create_task(self._connect_loop())
-
-    async def _connect_loop(self) -> None:
-        fe = self.fe
-        loop = fe.loop
-        conf = fe.conf
-        backend = fe.ctx.backend
-        while True:
-            srv = self.server
-            assert srv is not None
-            t0 = loop.time()
-            try:
-                _, conn = await open_connection(
-                    loop, srv.address, lambda s=srv: UpstreamConn(s, loop), conf.timeout.connect
-                )
-            except ConnectError as e:
-                srv.failed_conns += 1
-                observe_server_failure(srv, e.kind)
-                if self.done:
-                    return
-                if self.retries >= conf.retries:
-                    self._fail(503, "SC")
-                    return
-                self.retries += 1
-                srv.retries += 1
-                if conf.redispatch and self.retries == conf.retries:
-                    # HAProxy's `option redispatch`: the last retry goes to another server.
-                    alt = backend.pick(fe.lb_key, avoid=(srv,))
-                    if alt is not None and alt is not srv:
-                        self.redispatched = True
-                        srv.redispatches += 1
-                        self._use(alt)
-                        continue
-                if e.kind != "timeout":
-                    # HAProxy's turn-around: a server that refused us is likely restarting;
-                    # retrying it at once would only fail again.
-                    await asyncio.sleep(min(conf.timeout.connect, RETRY_TURNAROUND))
-                    if self.done:
-                        return
-                continue
-            except Exception:  # an unexpected local error: answer rather than hang
-                if not self.done:
-                    self._fail(503, "SC")
-                return
-            if self.done:
-                conn.close()
-                return
-            self.t_connect = loop.time() - t0
-            self._attach(conn)
             return
+        self._slot = None
+        self._launch(_Attempt(srv), 0.0)
+
+    # -- queue (pylb.proxy.queue.Waiter) -----------------------------------------------------
+    def _enqueue(self, backend: Backend) -> None:
+        fe = self.fe
+        t = backend.queue.wait(self, fe.loop, fe.lb_key)
+        if t is None:  # the queue is full too
+            self._fail(503, "SQ")
+            return
+        self.ticket = t
+        self.q_ahead = t.ahead
+
+    def queue_granted(self, server: Server) -> None:
+        """A slot of `server` was taken for us (pylb.proxy.queue.BackendQueue.dispatch)."""
+        t, self.ticket = self.ticket, None
+        if self.done:
+            server.drop()  # hand it on to the next waiter
+            return
+        if t is not None:
+            self.t_queue = self.fe.loop.time() - t.since
+        self.server = server
+        self._slot = server
+        self._go(server)
+
+    def queue_timeout(self) -> None:
+        t, self.ticket = self.ticket, None
+        if self.done:
+            return
+        if t is not None:
+            self.t_queue = self.fe.loop.time() - t.since
+        self._fail(503, "sQ")
+
+    # -- connect attempts --------------------------------------------------------------------
+    def _launch(self, att: _Attempt, delay: float) -> None:
+        atts = self._attempts
+        if atts is None:
+            self._attempts = [att]
+        elif att not in atts:
+            atts.append(att)
+        att.task = self.fe.loop.create_task(self._run_attempt(att, delay))
+
+    async def _run_attempt(self, att: _Attempt, delay: float) -> None:
+        loop = self.fe.loop
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if not att.live or self.done:
+            att.release()
+            return
+        srv = att.server
+        timeout = self.fe.conf.timeout.connect
+        att.t0 = now = loop.time()
+        if self.t_conn0 < 0:
+            self.t_conn0 = now
+        after = slow_connect_after(usual_connect_time(srv), timeout)
+        if after is not None and self.retries < self.fe.conf.retries:
+            att.timer = loop.call_at(now + after, self._attempt_slow, att)
+        try:
+            _, conn = await open_connection(
+                loop, srv.address, lambda: UpstreamConn(srv, loop), timeout
+            )
+        except ConnectError as e:
+            self._attempt_failed(att, e)
+            return
+        except Exception:  # an unexpected local error: answer rather than hang
+            att.release()
+            if not self.done and not self._others_live(att):
+                self._fail(503, "SC")
+            raise
+        self._attempt_ok(att, conn)
+
+    def _others_live(self, att: _Attempt) -> bool:
+        atts = self._attempts
+        return atts is not None and any(a is not att and a.live for a in atts)
+
+    def _live_servers(self) -> tuple[Server, ...]:
+        atts = self._attempts or ()
+        return tuple(a.server for a in atts if a.live)
+
+    def _alternative(self, avoid: tuple[Server, ...]) -> Server | None:
+        """Another server able to take this request now (a slot free), or None."""
+        fe = self.fe
+        alt = fe.ctx.backend.pick(fe.lb_key, avoid=avoid)
+        if alt is None or alt in avoid or not can_take(alt):
+            return None
+        return alt
+
+    def _attempt_ok(self, att: _Attempt, conn: UpstreamConn) -> None:
+        att.stop_timer()
+        if not att.live or self.done:
+            conn.close()  # abandoned (the race was won elsewhere, or the exchange is over)
+            att.release()
+            return
+        srv = att.server
+        now = self.fe.loop.time()
+        record_connect_time(srv, now - att.t0)
+        if srv.check is not None:
+            observe(srv, Observation.CONNECT_OK)  # ends a run of observed errors
+        for other in self._attempts or ():
+            if other is not att:
+                other.release()
+        self._attempts = None
+        att.live = False  # its take() now belongs to the exchange
+        self._slot = self.server = srv
+        self.t_connect = now - self.t_conn0
+        self._attach(conn)
+
+    def _attempt_slow(self, att: _Attempt) -> None:
+        """`att` is still connecting long after its server's usual connect time: race a
+        connect to another server, and count the slow one as a failed observation."""
+        att.timer = None
+        if not att.live or self.done or self.up is not None:
+            return
+        conf = self.fe.conf
+        if self.retries >= conf.retries or not conf.redispatch:
+            return
+        alt = self._alternative(self._live_servers())
+        if alt is None:
+            return
+        srv = att.server
+        waited = self.fe.loop.time() - att.t0
+        observe(srv, Observation.CONNECT_TIMEOUT, f"connect pending for {int(waited * 1000)}ms")
+        self.retries += 1
+        srv.redispatches += 1
+        self.redispatched = True
+        self.server = alt
+        alt.take()
+        self._launch(_Attempt(alt), 0.0)
+
+    def _attempt_failed(self, att: _Attempt, e: ConnectError) -> None:
+        att.stop_timer()
+        srv = att.server
+        if not att.live:
+            att.release()
+            return  # abandoned earlier (and observed as slow then)
+        srv.failed_conns += 1
+        observe_server_failure(srv, e.kind, e.info)
+        if self.done or self._others_live(att):
+            att.release()  # the race goes on with the other attempt(s)
+            if self._attempts is not None:
+                self._attempts.remove(att)
+            return
+        conf = self.fe.conf
+        if self.retries >= conf.retries:
+            att.release()
+            self._attempts = None
+            self._fail(503, "sC" if e.kind == "timeout" else "SC")
+            return
+        self.retries += 1
+        srv.retries += 1
+        # HAProxy's `option redispatch`: the last retry goes to another server; so does any
+        # retry once observation has taken the failed server out (it would fail again).
+        if conf.redispatch and (self.retries == conf.retries or not srv.usable):
+            alt = self._alternative((srv,))
+            if alt is not None:
+                att.release()
+                self._attempts = None
+                self.redispatched = True
+                srv.redispatches += 1
+                self.server = alt
+                alt.take()
+                self._launch(_Attempt(alt), 0.0)
+                return
+        # The same server again, `att` keeps its slot. HAProxy's turn-around: a server that
+        # refused us is likely restarting; retrying it at once would only fail again.
+        delay = 0.0 if e.kind == "timeout" else min(conf.timeout.connect, RETRY_TURNAROUND)
+        self.server = srv
+        self._launch(att, delay)
 
     def _attach(self, conn: UpstreamConn) -> None:
         """Send the head (and what body arrived meanwhile) on a connected upstream."""
@@ -253,6 +499,13 @@ class Exchange:
             t.write(data)  # type: ignore[union-attr]
         self.body_sent = True
         self._count_in(n)
+        kept = self.replay
+        if kept is not None:
+            if self.replay_bytes + n <= REPLAY_MAX:
+                kept.append(data)
+                self.replay_bytes += n
+            else:
+                self.replay = None  # too big to replay: this request is not replayable now
 
     def request_end(self) -> None:
         self.req_complete = True
@@ -319,7 +572,9 @@ class Exchange:
     def upstream_data(self, data: bytes) -> None:
         fe = self.fe
         self.last_srv = fe.loop.time()
-        self.resp_seen = True
+        if not self.resp_seen:
+            self.resp_seen = True
+            self.replay = None  # the server answers: no replay any more, free the copy
         if self.tunnel:
             fe.transport.write(data)
             self._count_out(len(data))
@@ -491,36 +746,83 @@ class Exchange:
         stale = up is not None and up.uses > 1 and not self.resp_seen
         self._close_upstream()
         srv = self.server
-        if not self.resp_head_sent:
-            if stale and not self.stale_retried and self.req.replayable and self.req_complete:
+        assert srv is not None
+        if self.resp_head_sent:
+            srv.resp_errors += 1
+            self._cut("SD--")
+            return
+        if not self.resp_seen:
+            if stale and not self.stale_retried and self._can_replay():
                 # A pooled connection the server closed just as we reused it: the request
-                # never reached the application. Send it again on a fresh connection.
+                # never reached the application. Send it again on a fresh connection (the
+                # server is fine: this is the keep-alive race, not a failure).
                 self.stale_retried = True
-                self.resp_seen = False
-                self._connect()
+                self._prepare_resend()
+                self._go(srv, fresh=True)
                 return
-            observe_server_failure(srv, kind)  # type: ignore[arg-type]
+            if not stale:
+                observe_server_failure(srv, kind)
             if self._replay_elsewhere():
                 return
-            srv.resp_errors += 1  # type: ignore[union-attr]
-            self._fail(502, "SH")
-        else:
-            srv.resp_errors += 1  # type: ignore[union-attr]
-            self._cut("SD--")
+        srv.resp_errors += 1
+        self._fail(502, "SH")
+
+    def _can_replay(self) -> bool:
+        """May this request be sent again from the start? Idempotent (RFC 9110 §9.2.2), not
+        an upgrade, and its body (if any) entirely kept so far (`REPLAY_MAX`)."""
+        req = self.req
+        if req.method not in IDEMPOTENT_METHODS or req.upgrade is not None:
+            return False
+        return not req.has_body or self.replay is not None
 
     def _replay_elsewhere(self) -> bool:
-        """Seam for issue 3: replay an idempotent request whose connection died before the
-        first response byte on another server (`pick(avoid=(server,))`), as a retry.
-        Returns True when it took over the exchange. No replay yet: always False."""
-        return False
+        """Replay a request whose connection died before the first response byte on
+        another server, as one retry + redispatch (HAProxy `retry-on empty-response`
+        with `option redispatch`). Returns True when it took over the exchange."""
+        conf = self.fe.conf
+        if not self._can_replay() or not conf.redispatch or self.retries >= conf.retries:
+            return False
+        srv = self.server
+        assert srv is not None
+        alt = self._alternative((srv,))
+        if alt is None:
+            return False
+        self.retries += 1
+        srv.retries += 1
+        srv.redispatches += 1
+        self.redispatched = True
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            slot.drop()
+        alt.take()
+        self._slot = self.server = alt
+        self._prepare_resend()
+        self._go(alt)
+        return True
+
+    def _prepare_resend(self) -> None:
+        """Queue the kept body (and its end, if it was sent) to go out again after the
+        head on the next connection; pieces still to come are streamed as usual."""
+        kept = self.replay
+        resend: list = list(kept) if kept else []
+        if kept is not None:
+            self.replay = []
+            self.replay_bytes = 0
+        pending = self.pending
+        if self.req_complete and not any(x is END for x in pending):
+            resend.append(END)
+        self.pending = resend + pending
+        self.pending_bytes = sum(len(x) for x in self.pending if x is not END)
+        self.t_sent = -1.0
 
     def server_timeout(self) -> None:
+        # Not observed and not replayed: a server that is slow to answer is not a dead one
+        # (active checks judge it), and replaying slow requests only multiplies the load.
         if self.done:
             return
         srv = self.server
         self._close_upstream()
         if not self.resp_head_sent:
-            observe_server_failure(srv, "timeout")  # type: ignore[arg-type]
             srv.resp_errors += 1  # type: ignore[union-attr]
             self._fail(504, "sH")
         else:
@@ -566,9 +868,19 @@ class Exchange:
             return
         self.done = True
         fe = self.fe
-        srv = self.server
-        if srv is not None:
-            srv.drop()
+        t = self.ticket
+        if t is not None:
+            self.ticket = None
+            fe.ctx.backend.queue.cancel(t)
+        atts = self._attempts
+        if atts is not None:
+            self._attempts = None
+            for a in atts:
+                a.release()
+        slot = self._slot
+        if slot is not None:
+            self._slot = None
+            slot.drop()
         if fe.ctx.worker.access_log.enabled:
             self._log(term)
         fe.exchange_done(self, self.framing.keep_alive and self.req_complete)
@@ -590,7 +902,7 @@ class Exchange:
             backend=ctx.backend.name,
             server=srv.name if srv is not None else "<NOSRV>",
             t_request=ms(self.t_start, self.t_head),
-            t_queue=0 if srv is not None else -1,
+            t_queue=int(self.t_queue * 1000) if srv is not None else -1,
             t_connect=-1 if self.t_connect < 0 else int(self.t_connect * 1000),
             t_response=ms(self.t_sent, self.t_response),
             t_active=ms(self.t_start, now),
@@ -604,7 +916,7 @@ class Exchange:
             retries=self.retries,
             redispatched=self.redispatched,
             srv_queue=0,
-            backend_queue=0,
+            backend_queue=self.q_ahead,
             request_line=self.req.request_line(),
         )
         ctx.worker.access_log.http(rec)

@@ -34,9 +34,11 @@ from pylb.proxy.exchange import Exchange
 from pylb.proxy.flow import FlowControl, set_water_marks
 from pylb.proxy.h1 import END, Request, RequestReader, Upgraded
 from pylb.proxy.pool import idle_expiry
+from pylb.proxy.queue import admit_next, park
 from pylb.proxy.responses import canned
 
 if TYPE_CHECKING:
+    from pylb.proxy.queue import Ticket
     from pylb.proxy.state import ListenContext
 
 # Reasons to pause reading the client (a bit each; reading resumes when none is left).
@@ -54,12 +56,14 @@ class HttpFrontend(asyncio.Protocol):
         "_head_start",
         "_idle_since",
         "_last_rx",
+        "_parked",
         "_pause",
         "_paused_at",
         "_queue",
         "_registered",
         "_requests",
         "_running",
+        "_stash",
         "_timer",
         "client_ip",
         "client_ip_b",
@@ -97,6 +101,8 @@ class HttpFrontend(asyncio.Protocol):
         self._closed = False
         self._eof = False  # the client shut down its sending side
         self._registered = False
+        self._parked: Ticket | None = None  # waiting for room under the listener's maxconn
+        self._stash = b""  # what a parked connection sent before its reading paused
         self._requests = 0
         self._timer: asyncio.TimerHandle | None = None
         to = self.conf.timeout
@@ -117,12 +123,29 @@ class HttpFrontend(asyncio.Protocol):
         ctx = self.ctx
         worker = ctx.worker
         m = self.conf.maxconn
+        if worker.actconn < worker.maxconn and m is not None and ctx.feconn >= m:
+            # The listener is full: HAProxy stops accepting and the client waits in the
+            # kernel's backlog. We cannot pause an asyncio server, so the connection waits
+            # here, unread, until one of the listener's connections closes.
+            t = park(ctx, self, self.loop)
+            if t is not None:
+                self._parked = t
+                transport.pause_reading()  # type: ignore[attr-defined]
+                worker.connections.add(self)  # shutdown()/abort() reach it
+                return
         if worker.actconn >= worker.maxconn or (m is not None and ctx.feconn >= m):
             ctx.denied_conns += 1
             ctx.backend.denied += 1
             self._closed = True
             transport.abort()  # type: ignore[attr-defined]
             return
+        self._admit()
+
+    def _admit(self) -> None:
+        """Count and start serving the connection (at accept, or when unparked)."""
+        ctx = self.ctx
+        worker = ctx.worker
+        transport = self.transport
         self._registered = True
         worker.connections.add(self)
         worker.actconn += 1
@@ -140,12 +163,48 @@ class HttpFrontend(asyncio.Protocol):
             self.client_ip = peer[0]
             self.client_port = peer[1]
             self.client_ip_b = self.lb_key = peer[0].encode("ascii")
-        self._timer = self.loop.call_at(self.loop.time() + self.horizon, self._on_timer)
+        now = self.loop.time()
+        self._idle_since = self._head_start = self._last_rx = now
+        self._timer = self.loop.call_at(now + self.horizon, self._on_timer)
         if worker.draining:
             self.closing = True
 
+    # -- parked over the listener's maxconn (pylb.proxy.queue.Waiter) ---------------------------
+    def queue_granted(self, _grant: object) -> None:
+        """Room under the listener's maxconn: serve this connection now."""
+        self._parked = None
+        if self._closed or self.transport.is_closing():
+            admit_next(self.ctx)  # gone meanwhile: the room goes to the next one
+            return
+        self.ctx.worker.connections.discard(self)
+        self._admit()
+        self.transport.resume_reading()
+        stash, self._stash = self._stash, b""
+        if stash:
+            self.data_received(stash)
+
+    def queue_timeout(self) -> None:
+        """Parked for `timeout.queue`: answer 503 (the client has likely sent a request)."""
+        self._parked = None
+        self._refuse_parked()
+
+    def _refuse_parked(self) -> None:
+        self.ctx.worker.connections.discard(self)
+        self._closed = True
+        t = self.transport
+        if not t.is_closing():
+            t.write(canned(503))
+            t.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        t = self._parked
+        if t is not None:
+            self._parked = None
+            if self.ctx.parked is not None:
+                self.ctx.parked.cancel(t)
+            self.ctx.worker.connections.discard(self)
+            return
         ex = self.exch
         if ex is not None:
             self.exch = None
@@ -164,6 +223,7 @@ class HttpFrontend(asyncio.Protocol):
             ctx.worker.actconn -= 1
             ctx.feconn -= 1
             ctx.backend.cur_conns -= 1
+            admit_next(ctx)
 
     def shutdown(self) -> None:
         """Graceful: finish the current exchange with `Connection: close`; close an idle
@@ -172,6 +232,12 @@ class HttpFrontend(asyncio.Protocol):
         client retries a request on a fresh connection), so it is answered, with
         `Connection: close`, or closed by `http_request` like any other."""
         self.closing = True
+        if self._parked is not None:
+            t, self._parked = self._parked, None
+            if self.ctx.parked is not None:
+                self.ctx.parked.cancel(t)
+            self._refuse_parked()
+            return
         if (
             self.exch is None
             and self.tunnel is None
@@ -196,6 +262,11 @@ class HttpFrontend(asyncio.Protocol):
 
     # -- reading ------------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        if self._parked is not None:
+            # uvloop starts reading after connection_made: hold this read, pause again.
+            self._stash += data
+            self.transport.pause_reading()
+            return
         now = self.loop.time()
         self._last_rx = now
         if self.tunnel is not None:

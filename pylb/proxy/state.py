@@ -49,3 +49,6 @@ class ListenContext:
     feconn: int = 0  # client connections on this listener (HAProxy %fc)
     total_conns: int = 0
     denied_conns: int = 0  # refused by maxconn
+    # Connections accepted over this listener's maxconn, parked until one closes
+    # (pylb.proxy.queue.WaitQueue, built on first use by the frontend).
+    parked: Any = None

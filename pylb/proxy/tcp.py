@@ -6,8 +6,10 @@ Life of a session (one `TcpFrontend` per accepted client, contract in `pylb.prox
    as hash key; no server -> close the client ("SC", as HAProxy does in TCP mode).
 2. connect with `open_connection` under `timeout.connect`; on failure retry up to
    `retries` times, the last retry on another server when `redispatch` is on (HAProxy's
-   default `option redispatch -1`). Bytes the client sends meanwhile are held, and its
-   reading paused after the first chunk, so nothing is buffered without bound.
+   default `option redispatch -1`), or at once when the failure got the server marked
+   down (passive observation, `pylb.health.passive`: each failed connect is reported).
+   Bytes the client sends meanwhile are held, and its reading paused after the first
+   chunk, so nothing is buffered without bound.
 3. relay: each side's bytes are written to the other transport as they arrive. When a
    transport's write buffer crosses the high-water mark its protocol gets `pause_writing`
    and we pause *reading* the opposite side (`FlowControl`), so a fast sender and a slow
@@ -21,6 +23,10 @@ Life of a session (one `TcpFrontend` per accepted client, contract in `pylb.prox
    that is now due. See `idle_deadline` for which timeout applies when.
 6. end: counters, `server.drop()`, the access log record (built only if logging is on).
 
+Every session is registered on its server (`Server.sessions`) from pick to end, so
+`Server.shutdown_sessions()` can end them all at once (`server_gone()`): what writer-pin
+does to the old writer on every writer change (`pylb.galera.writer`).
+
 Termination states (HAProxy's first two characters): first the cause, `-` normal, `C`/`S`
 client/server closed or reset, `c`/`s` client/server-side timeout, `K` killed (abort());
 then the phase, `C` connecting, `D` data. "SC" also means no server was available.
@@ -33,13 +39,17 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
+from pylb.health.passive import observation_for, observe
+from pylb.health.types import Observation
 from pylb.proxy.accesslog import TcpLogRecord
 from pylb.proxy.connect import ConnectError, open_connection
 from pylb.proxy.flow import FlowControl, set_water_marks
+from pylb.proxy.queue import admit_next, park
 
 if TYPE_CHECKING:
     from pylb.config.model import Timeouts
     from pylb.proxy.backend import Server
+    from pylb.proxy.queue import Ticket
     from pylb.proxy.state import ListenContext
 
 
@@ -103,10 +113,10 @@ def idle_deadline(
 
 
 def observe_connect_failure(server: Server, err: ConnectError) -> None:
-    """Hook for passive health observation (issue 3): a failed connect to `server`.
-
-    No-op for now; the health subsystem will count it as a failed observation (HAProxy's
-    `observe layer4`) and may mark the server down faster than active checks would."""
+    """Passive health observation (HAProxy's `observe layer4`): a failed connect to
+    `server` counts as a failed check at once (for writer-pin backends it marks the server
+    down: see `pylb.health.scheduler.default_policy`). No-op without an active check."""
+    observe(server, observation_for(err.kind), err.info)
 
 
 class _ServerSide(asyncio.Protocol):
@@ -120,8 +130,10 @@ class _ServerSide(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        if self.session.phase == DONE:
-            # The session ended while the connect completed (client gone, abort()).
+        session = self.session
+        if session.phase == DONE or session._server_side is not self:
+            # The session ended (client gone, abort()) or moved to another server
+            # (server_gone) while this connect completed.
             transport.abort()  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
@@ -132,7 +144,8 @@ class _ServerSide(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        self.session._server_lost(exc)
+        if self.session._server_side is self:
+            self.session._server_lost(exc)
 
     def pause_writing(self) -> None:
         # The server is not draining what we send: stop reading the client.
@@ -151,11 +164,15 @@ class TcpFrontend(asyncio.Protocol):
         "_connect_task",
         "_last",
         "_loop",
+        "_parked",
         "_pending",
+        "_q_ahead",
         "_s_eof",
         "_server_flow",
         "_server_side",
         "_t_connected",
+        "_t_queue",
+        "_ticket",
         "_timer",
         "_timer_at",
         "bytes_in",
@@ -197,6 +214,10 @@ class TcpFrontend(asyncio.Protocol):
         self.bytes_out = 0  # server -> client
         self.retries = 0
         self.redispatched = False
+        self._parked: Ticket | None = None  # waiting for room under the listener's maxconn
+        self._ticket: Ticket | None = None  # waiting in the backend queue (server maxconn)
+        self._t_queue = 0.0
+        self._q_ahead = 0
 
     # -- client side ------------------------------------------------------------------
 
@@ -205,11 +226,27 @@ class TcpFrontend(asyncio.Protocol):
         ctx = self.ctx
         worker = ctx.worker
         limit = ctx.conf.maxconn
+        if worker.actconn < worker.maxconn and limit is not None and ctx.feconn >= limit:
+            # The listener is full: park the connection (unread) until one closes, as
+            # HAProxy leaves it in the kernel backlog (pylb.proxy.queue).
+            t = park(ctx, self, self._loop)
+            if t is not None:
+                self._parked = t
+                self.client = tr
+                tr.pause_reading()
+                worker.connections.add(self)
+                return
         if worker.actconn >= worker.maxconn or (limit is not None and ctx.feconn >= limit):
             ctx.denied_conns += 1
             self.phase = DONE
             tr.abort()  # refuse: the client sees its connection closed at once
             return
+        self._admit(tr)
+
+    def _admit(self, tr: asyncio.Transport) -> None:
+        """Count the session and start it (at accept, or when unparked)."""
+        ctx = self.ctx
+        worker = ctx.worker
         self.client = tr
         self.t_accept = self._last = self._loop.time()
         worker.actconn += 1
@@ -224,14 +261,67 @@ class TcpFrontend(asyncio.Protocol):
         set_water_marks(tr)
         self._client_flow = FlowControl(tr)
         self.peer = tr.get_extra_info("peername")
-        server = backend.pick(key=client_key(self.peer))
+        key = client_key(self.peer)
+        server = backend.pick(key=key)
         if server is None:
             self._finish("SC")
             return
+        self._arm_timer()
+        if not server.has_slot():
+            # Every server is at its maxconn: wait for a slot (timeout.queue).
+            t = backend.queue.wait(self, self._loop, key)
+            if t is None:
+                self._finish("SQ")
+                return
+            self._ticket = t
+            self._q_ahead = t.ahead
+            return
         self.server = server
         server.take()
-        self._arm_timer()
+        server.sessions.add(self)
         self._connect_task = self._loop.create_task(self._connect(server))
+
+    # -- waiting (pylb.proxy.queue.Waiter): parked (grant None) or queued (grant: Server) --
+
+    def queue_granted(self, grant: Server | None) -> None:
+        if grant is None:
+            self._parked = None
+            tr = self.client
+            if tr is None or tr.is_closing() or self.phase == DONE:
+                admit_next(self.ctx)  # gone meanwhile: the room goes to the next one
+                return
+            self.ctx.worker.connections.discard(self)
+            self._admit(tr)
+            tr.resume_reading()
+            if self._pending and self.phase == CONNECTING:
+                self._client_flow.pause_reading()
+            return
+        t, self._ticket = self._ticket, None
+        if self.phase != CONNECTING:
+            grant.drop()  # gone meanwhile: the slot goes to the next one
+            return
+        if t is not None:
+            self._t_queue = self._loop.time() - t.since
+        self.server = grant  # its slot was taken for us
+        grant.sessions.add(self)
+        self._connect_task = self._loop.create_task(self._connect(grant))
+
+    def queue_timeout(self) -> None:
+        if self._parked is not None:
+            self._parked = None
+            self._unpark_close()
+            return
+        t, self._ticket = self._ticket, None
+        if t is not None:
+            self._t_queue = self._loop.time() - t.since
+        self._finish("sQ")
+
+    def _unpark_close(self) -> None:
+        self.ctx.worker.connections.discard(self)
+        self.phase = DONE
+        tr, self.client = self.client, None
+        if tr is not None:
+            tr.abort()
 
     def data_received(self, data: bytes) -> None:
         self._last = self._loop.time()
@@ -256,7 +346,10 @@ class TcpFrontend(asyncio.Protocol):
                 self._pending = [data]
             else:
                 self._pending.append(data)
-            self._client_flow.pause_reading()
+            if self._parked is not None:
+                self.client.pause_reading()  # type: ignore[union-attr]  # uvloop reads anyway
+            else:
+                self._client_flow.pause_reading()
 
     def eof_received(self) -> bool:
         self._c_eof = True
@@ -270,6 +363,13 @@ class TcpFrontend(asyncio.Protocol):
         return True  # keep our write side open: the server may still answer
 
     def connection_lost(self, exc: Exception | None) -> None:
+        t = self._parked
+        if t is not None:
+            self._parked = None
+            if self.ctx.parked is not None:
+                self.ctx.parked.cancel(t)
+            self._unpark_close()
+            return
         self.client = None
         if self.phase != DONE:
             self._finish("CC" if self.phase == CONNECTING else "CD")
@@ -321,23 +421,68 @@ class TcpFrontend(asyncio.Protocol):
                 )
             except ConnectError as e:
                 server.failed_conns += 1
+                # Not on this server any more while its fate is decided: observation may
+                # mark it down, and its sessions (writer-pin) are then shut down.
+                server.sessions.discard(self)
                 observe_connect_failure(server, e)
                 if retries_left <= 0 or self.phase == DONE:
                     return "sC" if e.kind == "timeout" else "SC"
                 retries_left -= 1
                 self.retries += 1
                 server.retries += 1
-                if retries_left == 0 and conf.redispatch:
-                    # HAProxy's default: redispatch on the last retry, to another server.
+                # HAProxy's default: redispatch on the last retry, to another server. A
+                # server that is down now (observation just marked it) is not retried at
+                # all: go elsewhere at once, in the same client attempt.
+                if conf.redispatch and (retries_left == 0 or not server.usable):
                     other = ctx.backend.pick(key=client_key(self.peer), avoid=(server,))
                     if other is not None and other is not server:
                         server.redispatches += 1
-                        server.drop()
-                        other.take()
-                        self.server = server = other
+                        self._move(server, other)
+                        server = other
                         self.redispatched = True
+                        continue
+                server.sessions.add(self)  # registered again only once the pick is done
                 continue
+            if server.check is not None:
+                observe(server, Observation.CONNECT_OK)  # ends a run of observed errors
             return tr
+
+    def _move(self, old: Server, new: Server) -> None:
+        """Account this session on `new` instead of `old` (redispatch)."""
+        old.sessions.discard(self)
+        old.drop()
+        new.take()
+        new.sessions.add(self)
+        self.server = new
+
+    def server_gone(self, server: Server) -> None:
+        """`server` must stop taking traffic now (`Server.shutdown_sessions`: a writer
+        change, on-marked-down). An established session is killed (both sides aborted:
+        the client must not keep writing through the old writer); one still connecting has
+        sent nothing to the server yet, so it is redispatched to the server the balancer
+        picks now, or ends ("KC") if there is none."""
+        if self.server is not server or self.phase == DONE:
+            return
+        if self.phase == ESTABLISHED:
+            self._finish("KD")
+            return
+        other = self.ctx.backend.pick(key=client_key(self.peer), avoid=(server,))
+        if other is None or other is server:
+            self._finish("KC")
+            return
+        task = self._connect_task
+        self._connect_task = None
+        side, self._server_side = self._server_side, None
+        if side is not None and side.transport is not None:
+            side.transport.abort()  # connected, but the result not delivered yet
+        # A connect completing later is aborted by _ServerSide.connection_made, and
+        # open_connection closes its socket when cancelled before that.
+        if task is not None:
+            task.cancel()
+        server.redispatches += 1
+        self._move(server, other)
+        self.redispatched = True
+        self._connect_task = self._loop.create_task(self._connect(other))
 
     def _connected(self, tr: asyncio.Transport) -> None:
         if self.phase == DONE:  # client left meanwhile (defensive: the task is cancelled)
@@ -433,6 +578,13 @@ class TcpFrontend(asyncio.Protocol):
 
     def abort(self) -> None:
         """Close both sides now."""
+        t = self._parked
+        if t is not None:
+            self._parked = None
+            if self.ctx.parked is not None:
+                self.ctx.parked.cancel(t)
+            self._unpark_close()
+            return
         if self.phase != DONE:
             self._finish("KC" if self.phase == CONNECTING else "KD")
 
@@ -482,6 +634,10 @@ class TcpFrontend(asyncio.Protocol):
         ctx = self.ctx
         worker = ctx.worker
         server = self.server
+        t = self._ticket
+        if t is not None:
+            self._ticket = None
+            ctx.backend.queue.cancel(t)
         if worker.access_log.enabled:
             worker.access_log.tcp(self._log_record())
         worker.actconn -= 1
@@ -489,7 +645,9 @@ class TcpFrontend(asyncio.Protocol):
         ctx.backend.cur_conns -= 1
         worker.connections.discard(self)
         if server is not None:
+            server.sessions.discard(self)
             server.drop()
+        admit_next(ctx)
 
     def _log_record(self) -> TcpLogRecord:
         now = self._loop.time()
@@ -508,7 +666,7 @@ class TcpFrontend(asyncio.Protocol):
             frontend=ctx.conf.name,
             backend=ctx.backend.name,
             server=server.name if server is not None else "<NOSRV>",
-            t_queue=0 if server is not None else -1,
+            t_queue=round(self._t_queue * 1000) if server is not None else -1,
             t_connect=tc,
             t_total=round((now - t0) * 1000),
             bytes_read=self.bytes_out,
@@ -520,7 +678,7 @@ class TcpFrontend(asyncio.Protocol):
             retries=self.retries,
             redispatched=self.redispatched,
             srv_queue=0,
-            backend_queue=0,
+            backend_queue=self._q_ahead,
         )
 
 

@@ -183,21 +183,22 @@ def test_client_leaving_during_connect_closes_everything(run) -> None:
 # -- limits ---------------------------------------------------------------------------
 
 
-def test_listen_maxconn_refuses_extra_connections(run) -> None:
+def test_listen_maxconn_parks_extra_connections(run) -> None:
     async def main() -> None:
         echo = BackendServer(Echo)
         async with proxy_with([echo], maxconn=2) as proxy:
             a = await connect_client(proxy.address)
             b = await connect_client(proxy.address)
             await wait_for(lambda: proxy.ctx.feconn == 2)
-            c = await connect_client(proxy.address)
-            await until(c.eof)
-            assert proxy.ctx.denied_conns == 1
+            c = await connect_client(proxy.address)  # parked (HAProxy: left in the backlog)
+            await wait_for(lambda: proxy.ctx.parked is not None and proxy.ctx.parked.count == 1)
+            assert proxy.ctx.denied_conns == 0
             assert proxy.ctx.feconn == 2 and proxy.ctx.worker.actconn == 2
-            a.transport.close()
+            a.transport.close()  # room: c is admitted
+            await wait_for(lambda: proxy.ctx.parked.count == 0 and proxy.ctx.feconn == 2)
             b.transport.close()
+            c.transport.close()
             await wait_for(proxy.idle, what="sessions end")
-            # a slot is free again
             assert await echo_roundtrip(proxy) == b"ping"
 
     run(main())

@@ -145,15 +145,23 @@ def test_show_servers_state(prov):
     assert execute("show servers state nope", prov) == "Can't find backend 'nope'.\n\n"
 
 
-def test_show_writer_and_vrrp_hooks(prov):
-    assert execute("show writer db", prov) == (
-        "writer: s1\ngalera: not available (no Galera state in this process)\n\n"
-    )
+def test_show_and_set_writer(prov):
+    out = execute("show writer db", prov)
+    assert out.startswith("writer s1 epoch ")
+    assert "\n2 s2 UP ready 0\n" in out
     assert "does not use 'balance writer-pin'" in execute("show writer api", prov)
+    assert execute("show writer nope", prov) == "No such backend.\n\n"
+    assert execute("set writer db s2", prov).startswith("db: writer is now s2 (was s1)")
+    assert execute("show writer db", prov).startswith("writer s2 epoch ")
+    db = next(b for b in prov.backends if b.name == "db")
+    assert db.pick().name == "s2"
+    assert "s9" in execute("set writer db s9", prov)  # WriterError names the unknown server
+    assert execute("set writer db", prov) == "Usage: set writer <listen> <server>.\n\n"
+
+
+def test_vrrp_hook(prov):
     assert execute("show vrrp", prov) == "VRRP is not available in this process.\n\n"
-    prov.writer = {"db": {"writer": "s2", "wsrep_local_state_comment": "Synced"}}
     prov.vrrp = [{"name": "VI_1", "state": "MASTER", "priority": 110, "vips": ["192.0.2.1/24"]}]
-    assert execute("show writer db", prov) == "writer: s2\nwsrep_local_state_comment: Synced\n\n"
     assert execute("show vrrp", prov) == (
         "VI_1:\n  state: MASTER\n  priority: 110\n  vips: 192.0.2.1/24\n\n"
     )
