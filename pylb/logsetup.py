@@ -2,8 +2,13 @@
 
 Every module logs through `logging.getLogger("pylb....")`; this module decides where the
 lines go, from `global.log` (`LogConf`): `stdout`, `file:/path`, `syslog:/dev/log`,
-`syslog:udp:HOST:PORT`, or `none`. Levels use syslog's names as HAProxy does (`emerg` ..
-`debug`, plus `notice`), so `level: notice` in a config means what it means for HAProxy.
+`syslog:udp:HOST:PORT`, or `none`. Syslog messages (facility daemon) are RFC 5424
+(`<PRI>1 TIMESTAMP HOST pylb PID - - MSG`) or RFC 3164 (`<PRI>Mmm dd hh:mm:ss pylb[PID]:
+MSG`, the hostname left out on a local socket as glibc's syslog() does, so journald and
+rsyslog read `pylb` as the identifier): `log.format`, by default 3164 on a unix socket
+and 5424 over UDP. Under systemd, `stdout` goes to the journal as it is. Levels use
+syslog's names as HAProxy does (`emerg` .. `debug`, plus `notice`), so `level: notice`
+in a config means what it means for HAProxy.
 
 Messages keep HAProxy's wording ("Proxy keystone started.", "Stopping proxy keystone in 0 ms.")
 so operators' grep patterns and alerts keep working. Handlers format lazily: with
@@ -21,6 +26,7 @@ import logging
 import logging.handlers
 import socket
 import sys
+import time
 from typing import TextIO
 
 from pylb.config.model import LogConf
@@ -46,9 +52,44 @@ LEVELS: dict[str, int] = {
 ROOT = "pylb"
 # HAProxy's stderr format: "[NOTICE]   (1234) : Loading success." plus a timestamp.
 STREAM_FORMAT = "%(asctime)s [%(levelname)s] (%(process)d) : %(message)s"
-SYSLOG_FORMAT = "pylb[%(process)d]: %(message)s"
 
 _installed: list[logging.Handler] = []
+APP_NAME = "pylb"
+
+
+class SyslogHandler(logging.handlers.SysLogHandler):
+    """SysLogHandler with the whole syslog header (the stdlib one only writes `<PRI>`),
+    syslog's `notice` severity for NOTICE, and no trailing NUL."""
+
+    def __init__(
+        self,
+        address: str | tuple[str, int],
+        *,
+        socktype: int | None = None,
+        rfc: str = "rfc5424",
+    ) -> None:
+        super().__init__(
+            address=address, facility=logging.handlers.SysLogHandler.LOG_DAEMON, socktype=socktype
+        )
+        self.rfc = rfc
+        self.append_nul = False
+        self.local = isinstance(address, str)
+        self.hostname = socket.gethostname() or "-"
+
+    def mapPriority(self, levelName: str) -> str:
+        if levelName == "NOTICE":
+            return "notice"
+        return super().mapPriority(levelName)
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = super().format(record)
+        if self.rfc == "rfc3164":
+            stamp = time.strftime("%b %e %H:%M:%S", time.localtime(record.created))
+            host = "" if self.local else self.hostname + " "
+            return f"{stamp} {host}{APP_NAME}[{record.process}]: {msg}"
+        usec = int(record.created * 1_000_000) % 1_000_000
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        return f"1 {stamp}.{usec:06d}Z {self.hostname} {APP_NAME} {record.process} - - {msg}"
 
 
 def parse_level(name: str) -> int:
@@ -60,8 +101,11 @@ def parse_level(name: str) -> int:
         raise ValueError(f"unknown log level {name!r}, expected one of {known}") from None
 
 
-def make_handler(target: str, *, stream: TextIO | None = None) -> logging.Handler | None:
-    """The handler for a `global.log.target` string; None for `none`."""
+def make_handler(
+    target: str, *, stream: TextIO | None = None, syslog_format: str | None = None
+) -> logging.Handler | None:
+    """The handler for a `global.log.target` string; None for `none`. `syslog_format`:
+    rfc5424 | rfc3164 | None (3164 on a unix socket, 5424 over UDP)."""
     if target == "none":
         return None
     if target == "stdout":
@@ -83,12 +127,12 @@ def make_handler(target: str, *, stream: TextIO | None = None) -> logging.Handle
             if not port.isdigit() or len(port) > 5:
                 raise ValueError(f"bad syslog target {target!r}, expected syslog:udp:HOST:PORT")
             host = host.strip("[]")
-            h = logging.handlers.SysLogHandler(
-                address=(host, int(port)), socktype=socket.SOCK_DGRAM
+            h = SyslogHandler(
+                (host, int(port)), socktype=socket.SOCK_DGRAM, rfc=syslog_format or "rfc5424"
             )
         else:
-            h = logging.handlers.SysLogHandler(address=rest or "/dev/log")
-        h.setFormatter(logging.Formatter(SYSLOG_FORMAT))
+            h = SyslogHandler(rest or "/dev/log", rfc=syslog_format or "rfc3164")
+        h.setFormatter(logging.Formatter("%(message)s"))
         return h
     raise ValueError(f"unknown log target {target!r}")
 
@@ -99,7 +143,8 @@ def setup_logging(conf: LogConf | None = None, *, stream: TextIO | None = None) 
     conf = conf or LogConf()
     logger = logging.getLogger(ROOT)
     level = parse_level(conf.level)
-    handler = make_handler(conf.target, stream=stream)  # may raise: the old target stays
+    # may raise: the old target stays
+    handler = make_handler(conf.target, stream=stream, syslog_format=conf.format)
     for h in _installed:
         logger.removeHandler(h)
         h.close()

@@ -23,8 +23,14 @@ Signals:
   doubling to 5 s; reset after it ran a stable minute) and logged.
 - SIGHUP: reload (`reload()`): the file is validated again; a bad one is rejected with its
   FILE:LINE:COL errors logged and the running workers keep serving; a good one gets a new
-  generation of workers on the same listening sockets, and the old generation drains once
-  every new worker has reported (readiness pipe) that it serves.
+  generation of workers on the same listening sockets (each copies the old workers' server
+  state before it accepts), and the old generation drains once every new worker has
+  reported (readiness pipe) that it serves.
+
+systemd (`Type=notify`): READY=1, RELOADING=1, STOPPING=1 and WATCHDOG=1 (only while the
+workers are alive) go to $NOTIFY_SOCKET from the master (`pylb.sdnotify`). The master also
+binds `global.stats.bind` (served by worker slot 0) and makes the private run directory of
+the workers' control sockets (`control_path`).
 """
 
 from __future__ import annotations
@@ -34,14 +40,22 @@ import errno
 import logging
 import os
 import select
+import shutil
 import signal
+import socket
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from pylb.config.model import Config
+from pylb.config.model import Address, Config
 from pylb.logsetup import NOTICE
-from pylb.proxy.listener import ListenerSet
+from pylb.proxy.listener import ListenerSet, bind_host, bind_socket
+from pylb.sdnotify import SdNotifier, Watchdog, watchdog_interval
+
+if TYPE_CHECKING:
+    from pylb.proxy.worker import WorkerControl
 
 log = logging.getLogger("pylb.master")
 
@@ -49,6 +63,15 @@ BACKOFF_MIN = 0.1
 BACKOFF_MAX = 5.0
 STABLE_AFTER = 60.0  # a child that ran this long is healthy again: backoff restarts at min
 KILL_GRACE = 5.0  # after hard_stop_after, before SIGKILL
+VIP_RELEASE_MAX = 5.0  # stop: longest wait for the VRRP speaker to hand the VIPs over
+
+
+def control_path(rundir: str, generation: int, index: int) -> str:
+    """The private control socket of worker `index` of `generation` (in the master's
+    0700 run directory): the runtime API without the relay, used by slot 0 to reach its
+    peers and by a starting worker to copy a serving worker's server state."""
+    return os.path.join(rundir, f"g{generation}-w{index}.sock")
+
 
 HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1)
 
@@ -110,6 +133,15 @@ class Master:
         self._wake_w = -1
         self._old_handlers: dict[int, object] = {}
         self.pid = os.getpid()
+        # systemd: NOTIFY_SOCKET / WATCHDOG_USEC are for the master only (NotifyAccess=main);
+        # removed from the environment so children and scripts do not inherit them.
+        interval = watchdog_interval()  # read before from_env() unsets the variables
+        self.sd = SdNotifier.from_env(unset=True)
+        self.watchdog = Watchdog(interval, time.monotonic())
+        self.rundir = ""  # private 0700 directory of the workers' control sockets
+        self.stats_sock: socket.socket | None = None  # global.stats.bind, served by slot 0
+        self.vrrp: Slot | None = None  # the VRRP speaker (issue 4), when one runs
+        self.vip_release_until: float | None = None  # stop phase 1: waiting for the speaker
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -122,12 +154,16 @@ class Master:
         raise_fd_limit(self.config)
         try:
             self.listeners.sync(self.config)
+            self._sync_stats(self.config)
         except OSError as e:
             log.critical("Starting proxies: %s", e.strerror or e)
             print(f"pylb: {e.strerror or e}", file=sys.stderr)
             return 1
         self._install_signals()
         try:
+            # systemd's RuntimeDirectory= (a ':'-separated list when several are set)
+            runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or None
+            self.rundir = tempfile.mkdtemp(prefix="pylb-", dir=runtime)
             self.slots = [Slot("worker", i) for i in range(max(1, self.config.global_.workers))]
             for slot in self.slots:
                 self._spawn(slot)
@@ -138,7 +174,11 @@ class Master:
             for slot in self._all_children():
                 self._close_ready(slot)
             self.listeners.close()
+            self._close_stats()
             self._restore_signals()
+            self.sd.close()
+            if self.rundir:
+                shutil.rmtree(self.rundir, ignore_errors=True)
         log.log(NOTICE, "Master exits with code 0")
         return 0
 
@@ -170,6 +210,10 @@ class Master:
                     self._on_ready(waiting[fd])
             self._reap()
             now = time.monotonic()
+            # WATCHDOG=1 only while the workers are alive (`_healthy`): a master whose
+            # workers keep dying gets restarted by systemd.
+            if self.watchdog.tick(now, self._healthy()):
+                self.sd.watchdog()
             self._check_generation_ready()
             for old in self.retiring:
                 if old.kill_at is not None and now >= old.kill_at:
@@ -180,6 +224,8 @@ class Master:
                         os.kill(old.pid, signal.SIGKILL)
                     old.kill_at = None
             if self.stopping:
+                if self._vips_released(now):
+                    self._stop_workers()
                 if not any(s.pid for s in self._all_children()):
                     return
                 if now >= self.stop_deadline:
@@ -187,7 +233,7 @@ class Master:
                     self._kill_all(signal.SIGKILL)
                     self.stop_deadline = now + KILL_GRACE
                 continue
-            for slot in self.slots:
+            for slot in self._kept():
                 if slot.pid == 0 and slot.restart_at is not None and now >= slot.restart_at:
                     try:
                         self._spawn(slot)
@@ -200,14 +246,54 @@ class Master:
 
     def _next_timeout(self, now: float) -> float | None:
         due = [s.kill_at for s in self.retiring if s.kill_at is not None]
+        wd = self.watchdog.timeout(now)
+        if wd is not None:
+            due.append(now + wd)
+        if self.vip_release_until is not None:
+            due.append(self.vip_release_until)
         if self.stopping:
             due.append(self.stop_deadline)
         else:
-            due += [s.restart_at for s in self.slots if s.pid == 0 and s.restart_at is not None]
+            due += [s.restart_at for s in self._kept() if s.pid == 0 and s.restart_at is not None]
         return max(0.0, min(due) - now) if due else None
 
+    def _sync_stats(self, config: Config) -> None:
+        """Bind `global.stats.bind` in the master, like the listeners: a busy port fails
+        the start (or the reload) instead of a worker's restart loop, and the socket
+        outlives slot 0 across restarts and reloads. OSError leaves the old one."""
+        stats = config.global_.stats
+        old = self.stats_sock
+        if old is not None and stats is not None:
+            host, port = old.getsockname()[:2]
+            if stats.bind == Address(host, port) or (
+                stats.bind.port == port and bind_host(stats.bind.host) == host
+            ):
+                return
+        new = bind_socket(stats.bind, backlog=64) if stats is not None else None
+        self.stats_sock = new
+        if old is not None:
+            old.close()
+
+    def _close_stats(self) -> None:
+        if self.stats_sock is not None:
+            self.stats_sock.close()
+            self.stats_sock = None
+
+    def _healthy(self) -> bool:
+        """What WATCHDOG=1 vouches for: every worker of the current generation is alive,
+        or, while a new generation starts (or keeps failing to), the previous one still
+        serves; and always while stopping (the stop has its own deadline)."""
+        if self.stopping or all(s.pid for s in self.slots):
+            return True
+        return any(s.pid and s.ready for s, _ in self.superseded)
+
+    def _kept(self) -> list[Slot]:
+        """The children restarted when they die: the current workers and the speaker."""
+        return [*self.slots, self.vrrp] if self.vrrp is not None else self.slots
+
     def _all_children(self) -> list[Slot]:
-        return [*self.slots, *(s for s, _ in self.superseded), *self.retiring]
+        vrrp = [self.vrrp] if self.vrrp is not None else []
+        return [*self.slots, *(s for s, _ in self.superseded), *self.retiring, *vrrp]
 
     # -- readiness --------------------------------------------------------------------------
 
@@ -240,6 +326,7 @@ class Master:
             log.log(NOTICE, "Loading success. %d worker(s) started.", len(self.slots))
             self._notify("READY=1")
             return
+        log.log(NOTICE, "Loading success.")
         superseded, self.superseded = self.superseded, []
         for slot, hard_stop_after in superseded:
             self._retire(slot, hard_stop_after)
@@ -318,8 +405,53 @@ class Master:
             for s in self.listeners.all_sockets():  # other slots' sockets are not ours
                 if id(s) not in keep:
                     s.close()
-            return run_worker(self.config, mine, master_pid=self.pid, ready_fd=ready_fd)
+            if self.stats_sock is not None and slot.index != 0:
+                self.stats_sock.close()  # slot 0 serves the stats
+            return run_worker(
+                self.config,
+                mine,
+                master_pid=self.pid,
+                ready_fd=ready_fd,
+                control=self._control_for(slot),
+                stats_sock=self.stats_sock if slot.index == 0 else None,
+            )
         raise RuntimeError(f"unknown child kind {slot.kind!r}")
+
+    def _control_for(self, slot: Slot) -> WorkerControl | None:
+        """What worker `slot` needs to talk to its siblings: its own control socket path,
+        its peers' (slot 0 relays runtime commands to them) and where to copy the server
+        state from at start (`_state_sources`)."""
+        from pylb.proxy.worker import WorkerControl
+
+        if not self.rundir:
+            return None
+        n = len(self.slots)
+        return WorkerControl(
+            path=control_path(self.rundir, self.generation, slot.index),
+            index=slot.index,
+            workers=n,
+            peers=tuple(
+                control_path(self.rundir, self.generation, i) for i in range(n) if i != slot.index
+            ),
+            state_from=self._state_sources(slot),
+        )
+
+    def _state_sources(self, slot: Slot) -> tuple[str, ...]:
+        """Control sockets a starting worker asks for `show servers state`, best first:
+        a serving sibling of its own generation (restart after a crash), then the same
+        slot of the generation it replaces, then any other worker of that generation
+        (reload). HAProxy's `load-server-state-from-file`, without the file."""
+        out = [
+            control_path(self.rundir, s.generation, s.index)
+            for s in self.slots
+            if s is not slot and s.pid and s.ready
+        ]
+        old = sorted(
+            (s for s, _ in self.superseded if s.pid and s.ready),
+            key=lambda s: (-s.generation, s.index != slot.index, s.index),
+        )
+        out += [control_path(self.rundir, s.generation, s.index) for s in old]
+        return tuple(out)
 
     def _spawn_vrrp(self) -> None:
         """Issue 4: fork the VRRP speaker as `Slot("vrrp", 0)` when `config.vrrp` is set,
@@ -347,7 +479,7 @@ class Master:
                 old.pid = 0
                 log.info("Old %s %d (generation %d) %s", old.kind, pid, old.generation, what)
                 continue
-            slot = next((s for s in self.slots if s.pid == pid), None)
+            slot = next((s for s in self._kept() if s.pid == pid), None)
             if slot is None:
                 continue
             slot.pid = 0
@@ -416,7 +548,14 @@ class Master:
         # SIGCHLD: _loop() reaps after every wakeup
 
     def stop(self, why: str = "") -> None:
-        """Graceful stop: workers drain within hard_stop_after; a second call kills them."""
+        """Graceful stop: workers drain within hard_stop_after; a second call kills them.
+
+        Order (ARCHITECTURE.md "Stopping a node that holds the VIP"): with a VRRP speaker,
+        phase 1 first: the workers soft-stop (SIGUSR1: keep accepting, every response
+        `Connection: close`) while the speaker (SIGTERM) sends priority 0 and removes its
+        VIPs once the peer is master; when it has exited, or after VIP_RELEASE_MAX, phase 2
+        (`_stop_workers`): stop accepting and drain. Without a speaker phase 2 runs at
+        once."""
         if self.stopping:
             log.warning("%s again: killing the children now", why or "stop")
             self._kill_all(signal.SIGKILL)
@@ -429,12 +568,37 @@ class Master:
             self.config.global_.hard_stop_after,
         )
         self._notify("STOPPING=1")
-        for slot in self.slots:
+        for slot in self._kept():
             slot.restart_at = None
+        self.stop_deadline = (
+            time.monotonic() + VIP_RELEASE_MAX + self.config.global_.hard_stop_after + KILL_GRACE
+        )
+        if self.vrrp is not None and self.vrrp.pid:
+            for slot in self._all_children():
+                if slot is not self.vrrp and slot.pid:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(slot.pid, signal.SIGUSR1)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.vrrp.pid, signal.SIGTERM)
+            self.vip_release_until = time.monotonic() + VIP_RELEASE_MAX
+            return
+        self._stop_workers()
+
+    def _vips_released(self, now: float) -> bool:
+        """Stop phase 1 is over: the speaker has exited (its VIPs are gone) or took longer
+        than VIP_RELEASE_MAX (the workers must not wait forever for it)."""
+        if self.vip_release_until is None:
+            return False
+        return now >= self.vip_release_until or self.vrrp is None or not self.vrrp.pid
+
+    def _stop_workers(self) -> None:
+        """Stop phase 2: every worker drains (SIGTERM) and the listeners close."""
+        self.vip_release_until = None
         self._kill_all(signal.SIGTERM)
         # The master's copies of the listeners go now; each worker closes its own when it
         # starts draining, and then the kernel refuses new connections.
         self.listeners.close()
+        self._close_stats()
         self.stop_deadline = time.monotonic() + self.config.global_.hard_stop_after + KILL_GRACE
 
     def reload(self) -> bool:
@@ -446,26 +610,34 @@ class Master:
 
         No connection is refused meanwhile: each listening socket stays open in the master
         throughout, and old and new workers of a slot accept from the same socket.
-        Not yet (issue 6): server health/admin state handed to the new generation,
-        sd_notify RELOADING=1."""
+        Server state: each new worker copies `show servers state` from a serving worker of
+        the old generation over its control socket before it accepts (`_state_sources`),
+        so unchanged servers keep their health, admin state and runtime weight.
+        systemd: RELOADING=1 now, READY=1 once the new generation serves (or at once when
+        the file is rejected)."""
         if self.stopping or self.path is None:
             return False
         from pylb.config.load import ConfigError, load_config_with_warnings
         from pylb.logsetup import setup_logging
 
         log.log(NOTICE, "Reloading configuration from %s", self.path)
+        self._notify("RELOADING=1")
         try:
             new, warnings = load_config_with_warnings(self.path)
             self._preload(new)
+            self._sync_stats(new)
             self.listeners.sync(new)
         except ImportError as e:
             log.error("Reload rejected, keeping the running configuration: %s", e)
+            self._notify("READY=1")
             return False
         except ConfigError as e:
             log.error("Reload rejected, keeping the running configuration:\n%s", e.report())
+            self._notify("READY=1")
             return False
         except OSError as e:
             log.error("Reload rejected, keeping the running configuration: %s", e.strerror or e)
+            self._notify("READY=1")
             return False
         for w in warnings:
             log.warning("%s", w)
@@ -493,7 +665,17 @@ class Master:
             os.kill(slot.pid, signal.SIGTERM)
 
     def _notify(self, state: str) -> None:
-        """Issue 6: sd_notify(state) to $NOTIFY_SOCKET (READY=1, RELOADING=1, STOPPING=1)."""
+        """sd_notify(state) to $NOTIFY_SOCKET: READY=1, RELOADING=1 or STOPPING=1 (a no-op
+        when not run by systemd)."""
+        workers = len(self.slots)
+        if state == "READY=1":
+            self.sd.ready(f"generation {self.generation}, {workers} worker(s) serving")
+        elif state == "RELOADING=1":
+            self.sd.reloading("reloading")
+        elif state == "STOPPING=1":
+            self.sd.stopping("draining")
+        else:  # pragma: no cover - the three above are the only callers
+            self.sd.send(state)
 
 
 def fds_needed(config: Config) -> int:

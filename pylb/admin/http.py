@@ -21,6 +21,7 @@ import hmac
 import json
 import logging
 import socket
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import httptools
@@ -34,6 +35,11 @@ log = logging.getLogger("pylb.admin")
 MAX_HEAD = 16 * 1024  # a stats request is a few hundred bytes; bound what a client can park
 REQUEST_TIMEOUT = 10.0  # slowloris bound, as timeout http-request
 REALM = "pylb statistics"
+CSV_PATHS = (b"/stats.csv", b"/;csv", b"/stats;csv")
+CSV_TYPE = "text/csv; charset=utf-8"
+# an answer computed asynchronously (content type, producer): with `workers: N`, slot 0
+# asks the other workers for their numbers (pylb.admin.relay)
+Dynamic = tuple[str, Callable[[], Awaitable[bytes]]]
 REASONS = {
     200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
     405: "Method Not Allowed", 408: "Request Timeout", 431: "Request Header Fields Too Large",
@@ -90,7 +96,7 @@ def route(method: bytes, target: bytes, provider: StatsProvider) -> tuple[int, s
         refresh = params.get(b"refresh", b"")
         ms = int(refresh) if refresh.isdigit() and len(refresh) <= 7 else 2000
         return 200, "text/html; charset=utf-8", render_page(snap, ms).encode()
-    if path in (b"/stats.csv", b"/;csv", b"/stats;csv"):
+    if path in CSV_PATHS:
         return 200, "text/csv; charset=utf-8", to_csv(provider.snapshot()).encode()
     if path == b"/stats.json":
         doc = to_json(provider.snapshot())
@@ -124,16 +130,25 @@ class StatsProtocol(asyncio.Protocol):
         "_header",
         "_parser",
         "_received",
+        "_task",
         "_timer",
         "_url",
         "creds",
+        "dynamic",
         "provider",
         "transport",
     )
 
-    def __init__(self, provider: StatsProvider, creds: tuple[bytes, bytes] | None) -> None:
+    def __init__(
+        self,
+        provider: StatsProvider,
+        creds: tuple[bytes, bytes] | None,
+        dynamic: Mapping[bytes, Dynamic] | None = None,
+    ) -> None:
         self.provider = provider
         self.creds = creds
+        self.dynamic = dynamic  # path -> async answer (slot 0: every worker's numbers)
+        self._task: asyncio.Task[None] | None = None
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
@@ -196,12 +211,33 @@ class StatsProtocol(asyncio.Protocol):
                 extra=f'WWW-Authenticate: Basic realm="{REALM}", charset="UTF-8"\r\n',
             )
             return
+        if self.dynamic and method in (b"GET", b"HEAD"):
+            found = self.dynamic.get(httptools.parse_url(self._url).path or b"/")
+            if found is not None:
+                self._done = True
+                # kept referenced: the loop holds only a weak reference to a task
+                self._task = asyncio.get_running_loop().create_task(
+                    self._respond_async(*found, head=method == b"HEAD")
+                )
+                return
         try:
             status, ctype, body = route(method, self._url, self.provider)
         except Exception:  # a rendering bug must not kill the worker's loop
             log.exception("stats request %r failed", self._url[:200])
             status, ctype, body = 500, "text/plain; charset=utf-8", b"Internal Server Error\n"
         self._send(status, ctype, body, head=method == b"HEAD")
+
+    async def _respond_async(
+        self, ctype: str, produce: Callable[[], Awaitable[bytes]], *, head: bool
+    ) -> None:
+        try:
+            body = await produce()
+            status = 200
+        except Exception:  # a rendering bug must not kill the worker's loop
+            log.exception("stats request %r failed", self._url[:200])
+            status, ctype, body = 500, "text/plain; charset=utf-8", b"Internal Server Error\n"
+        self._done = False
+        self._send(status, ctype, body, head=head)
 
     def _send(
         self, status: int, ctype: str, body: bytes, *, head: bool = False, extra: str = ""
@@ -224,6 +260,7 @@ async def start_stats_server(
     *,
     sock: socket.socket | None = None,
     reuse_port: bool = False,
+    dynamic: Mapping[bytes, Dynamic] | None = None,
 ) -> asyncio.Server:
     """Serve the stats endpoints on `conf.bind` (or on an already bound `sock`, e.g.
     one the master opened before forking). Raises OSError when the address is taken and
@@ -231,7 +268,7 @@ async def start_stats_server(
     creds = load_credentials(conf.auth)
 
     def factory() -> StatsProtocol:
-        return StatsProtocol(provider, creds)
+        return StatsProtocol(provider, creds, dynamic)
 
     if sock is not None:
         return await loop.create_server(factory, sock=sock)

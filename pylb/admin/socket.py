@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import stat
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pylb.admin.commands import execute_many
@@ -33,10 +34,14 @@ IDLE_TIMEOUT = 10.0  # a client that connects and says nothing is dropped
 class AdminProtocol(asyncio.Protocol):
     """One admin connection: read up to the first newline (or EOF), answer, close."""
 
-    __slots__ = ("_buf", "_done", "_timer", "provider", "transport")
+    __slots__ = ("_buf", "_done", "_task", "_timer", "handler", "provider", "transport")
 
-    def __init__(self, provider: StatsProvider) -> None:
+    def __init__(
+        self, provider: StatsProvider, handler: Callable[[str], Awaitable[str]] | None = None
+    ) -> None:
         self.provider = provider
+        self.handler = handler  # async answer (slot 0's relay to the other workers)
+        self._task: asyncio.Task[None] | None = None
         self.transport: asyncio.Transport | None = None
         self._buf = bytearray()
         self._done = False
@@ -65,12 +70,27 @@ class AdminProtocol(asyncio.Protocol):
     def eof_received(self) -> bool:
         if not self._done:
             self._answer(bytes(self._buf))
-        return False
+        # An async answer may still be on its way: keep the write side open (_reply closes).
+        return self.handler is not None
 
     def _answer(self, line: bytes) -> None:
         text = line.decode("utf-8", "replace").rstrip("\r")
+        if self.handler is not None:
+            self._done = True
+            # kept referenced: the loop holds only a weak reference to a task
+            self._task = asyncio.get_running_loop().create_task(self._answer_async(text))
+            return
         try:
             out = execute_many(text, self.provider)
+        except Exception:  # a command bug must not kill the worker's loop
+            log.exception("admin command %r failed", text[:200])
+            out = "Internal error.\n\n"
+        self._reply(out.encode("utf-8", "replace"))
+
+    async def _answer_async(self, text: str) -> None:
+        assert self.handler is not None
+        try:
+            out = await self.handler(text)
         except Exception:  # a command bug must not kill the worker's loop
             log.exception("admin command %r failed", text[:200])
             out = "Internal error.\n\n"
@@ -137,11 +157,18 @@ class AdminServer:
 
 
 async def start_admin_socket(
-    loop: asyncio.AbstractEventLoop, path: str, provider: StatsProvider
+    loop: asyncio.AbstractEventLoop,
+    path: str,
+    provider: StatsProvider,
+    *,
+    handler: Callable[[str], Awaitable[str]] | None = None,
+    quiet: bool = False,
 ) -> AdminServer:
-    """Serve the runtime API on `path` (mode 0600) until `close()`."""
+    """Serve the runtime API on `path` (mode 0600) until `close()`. `handler`: an async
+    answerer used instead of `execute_many` (the multi-worker relay)."""
     sock = bind_unix_socket(path)
     ino = os.lstat(path).st_ino
-    server = await loop.create_unix_server(lambda: AdminProtocol(provider), sock=sock)
-    log.info("Runtime API listening on %s", path)
+    server = await loop.create_unix_server(lambda: AdminProtocol(provider, handler), sock=sock)
+    if not quiet:
+        log.info("Runtime API listening on %s", path)
     return AdminServer(path, server, ino)

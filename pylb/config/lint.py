@@ -92,6 +92,11 @@ def _global(li: _Linter) -> None:
         li.error("global.workers", f"must be at least 1, got {g.workers}")
     if g.maxconn < 1:
         li.error("global.maxconn", f"must be at least 1, got {g.maxconn}")
+    if g.log.format is not None and not g.log.target.startswith("syslog:"):
+        li.warn(
+            "global.log.format",
+            f"format {g.log.format!r} only applies to syslog targets, not {g.log.target!r}",
+        )
 
 
 def _listen(li: _Linter, lst: Listen, lpath: str, binds: dict[Address, str]) -> None:

@@ -82,7 +82,8 @@ __all__ = [
 
 TOP_KEYS = ("global", "defaults", "listen", "vrrp")
 GLOBAL_KEYS = ("maxconn", "workers", "admin_socket", "log", "stats", "hard_stop_after")
-LOG_KEYS = ("target", "level")
+LOG_KEYS = ("target", "level", "format")
+SYSLOG_FORMATS = ("rfc5424", "rfc3164")
 STATS_KEYS = ("bind", "auth")
 STATS_AUTH_KEYS = ("user", "password", "password_file")
 TIMEOUT_KEYS = (
@@ -603,6 +604,10 @@ def _log(ctx: _Ctx, node: Node) -> Any:
         kw["target"] = target
     if "level" in entries:
         kw["level"] = _enum(ctx, entries["level"][1], path + ".level", LOG_LEVELS, "log level")
+    if "format" in entries:
+        kw["format"] = _enum(
+            ctx, entries["format"][1], path + ".format", SYSLOG_FORMATS, "syslog format"
+        )
     return LogConf(**{k: v for k, v in kw.items() if v is not BAD})
 
 

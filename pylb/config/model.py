@@ -139,6 +139,9 @@ class Listen:
 class LogConf:
     target: str = "stdout"  # stdout | syslog:/dev/log | syslog:udp:HOST:PORT | file:/path | none
     level: str = "info"
+    # syslog message format: rfc5424 | rfc3164; None = rfc3164 on a unix socket (what
+    # journald and rsyslog's /dev/log parse), rfc5424 over UDP
+    format: str | None = None
 
     @property
     def enabled(self) -> bool:

@@ -344,7 +344,10 @@ class HttpFrontend(asyncio.Protocol):
         if self._pause & (_P_BUFFER | _P_UPSTREAM):
             self._pause &= ~(_P_BUFFER | _P_UPSTREAM)
             self._set_pause(0, False)
-        if not keep_alive or self.closing or self.ctx.worker.draining:
+        # Not `worker.draining`: a response whose head already went out keep-alive must
+        # leave its connection usable; the next request is answered `Connection: close`
+        # (_start) and the drain closes what stays idle.
+        if not keep_alive or self.closing:
             self.close_now()
             return
         self._idle_since = self.loop.time()

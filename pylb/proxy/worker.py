@@ -21,10 +21,13 @@ Stopping is a bounded sequence, in uvicorn's `Server.shutdown` order:
   5. `abort()` what is left, close idle upstream connections.
 
 Health checks (issue 3) start in `_start_checks()` and stop at the end of the drain.
-Seams for later issues: the VIP-aware stop order of issue 6 (keep accepting with
-`Connection: close` until the VRRP peer has taken the VIP) is `soft_stop()` followed later
-by `drain()`; the reload hand-over of server state (issue 6) can pass `backends` in from
-the old generation.
+Operations (issue 6): before accepting, a worker forked after a reload or a crash copies
+the server state of a serving worker (`_inherit_state`, over the control sockets listed in
+`WorkerControl`); once serving, every worker answers the runtime API on its private control
+socket, and slot 0 serves the stats endpoints and the public admin socket (relaying to the
+others: `pylb.admin.relay`). The VIP-aware stop order (keep accepting with `Connection:
+close` until the VRRP peer has taken the VIP) is `soft_stop()` (SIGUSR1 from the master)
+followed by `drain()` (SIGTERM).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pylb.config.model import Config, Listen
@@ -49,6 +53,23 @@ from pylb.proxy.state import ListenContext, WorkerState
 log = logging.getLogger("pylb.worker")
 
 DRAIN_POLL = 0.05  # how often drain() looks whether the last connections are gone
+IDLE_CLOSE_GRACE = 1.0  # drain: keep-alive connections get a last request with Connection: close
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerControl:
+    """A forked worker's place among its siblings (from the master).
+
+    `path`: this worker's private control socket (the runtime API, in the master's 0700
+    run directory); `peers`: the other workers' of the same generation (slot 0 relays
+    runtime commands to them, `pylb.admin.relay`); `state_from`: control sockets of
+    serving workers to copy `show servers state` from before accepting (reload, restart)."""
+
+    path: str
+    index: int = 0
+    workers: int = 1
+    peers: tuple[str, ...] = ()
+    state_from: tuple[str, ...] = ()
 
 
 def frontend_factory(mode: str) -> Callable[[ListenContext], Any]:
@@ -74,10 +95,17 @@ class Worker:
         sockets: Mapping[str, Sequence[socket.socket]],
         *,
         access_log: AccessLog | None = None,
+        control: WorkerControl | None = None,
+        stats_sock: socket.socket | None = None,
     ) -> None:
         self.config = config
         self.sockets = sockets
+        self.control = control
+        self.stats_sock = stats_sock  # global.stats.bind bound by the master (slot 0 only)
         self._access_log = access_log
+        self.provider: Any = None  # pylb.admin.stats.WorkerProvider, built by start()
+        self._ops: list[Any] = []  # stats server, public admin socket: closed at drain start
+        self._control_server: Any = None  # private control socket: closed at the very end
         self.state: WorkerState | None = None
         self.contexts: dict[str, ListenContext] = {}
         self.servers: list[asyncio.base_events.Server] = []
@@ -100,16 +128,103 @@ class Worker:
             backend = Backend(lst)
             state.backends[lst.name] = backend
             self.contexts[lst.name] = ListenContext(conf=lst, backend=backend, worker=state)
+        inherited = await self._inherit_state()
         try:
             for lst in self.config.listens:
                 await self._serve_listen(lst)
         except BaseException:
             self._close_servers()
             raise
-        self._start_checks()
+        self._start_checks(inherited)
         self.started_at = time.monotonic()
+        try:
+            await self._start_ops()
+        except BaseException:
+            self._close_servers()
+            self._close_ops()
+            raise
         for lst in self.config.listens:
             log.log(NOTICE, "Proxy %s started.", lst.name)
+
+    async def _inherit_state(self) -> dict[str, dict[str, int]]:
+        """Before accepting: copy a serving worker's `show servers state` (reload or
+        restart), so unchanged servers keep their health, admin state and runtime weight.
+        Returns the health counters the new checks resume from."""
+        control, state = self.control, self.state
+        if control is None or not control.state_from or state is None:
+            return {}
+        from pylb.admin.commands import apply_servers_state
+        from pylb.admin.relay import fetch_servers_state, inherited_health
+
+        got = await fetch_servers_state(control.state_from)
+        if got is None:
+            log.warning("No server state from the previous workers: starting from the config")
+            return {}
+        text, source = got
+        backends = list(state.backends.values())
+        n = apply_servers_state(text, backends)
+        log.info("Server state of %d server(s) taken over from %s", n, os.path.basename(source))
+        return inherited_health(text, backends)
+
+    async def _start_ops(self) -> None:
+        """The private control socket (every worker), and on slot 0 the stats server and
+        the public runtime API socket (relaying to the other workers)."""
+        from pylb.admin.stats import WorkerProvider
+
+        loop = asyncio.get_running_loop()
+        g = self.config.global_
+        control = self.control
+        index = control.index if control is not None else 0
+        workers = control.workers if control is not None else 1
+        self.provider = provider = WorkerProvider(
+            self, info={"workers": workers, "process_num": index + 1}
+        )
+        if control is None and g.stats is None and g.admin_socket is None:
+            return
+        from pylb.admin.socket import start_admin_socket
+
+        if control is not None:
+            from pylb.admin.relay import local_handler
+
+            self._control_server = await start_admin_socket(
+                loop,
+                control.path,
+                provider,
+                handler=lambda text: local_handler(provider, text),
+                quiet=True,
+            )
+        if index != 0:
+            return
+        relay = None
+        if control is not None and control.peers:
+            from pylb.admin.relay import Relay
+
+            peers = control.peers
+            relay = Relay(provider, lambda: peers)
+        if g.stats is not None:
+            from pylb.admin.http import start_stats_server
+
+            # The master bound it (like the listeners): old and new slot 0 share it across
+            # a reload; the old one stops accepting on it when it drains.
+            server = await start_stats_server(
+                loop,
+                g.stats,
+                provider,
+                sock=self.stats_sock,
+                dynamic=relay.http_routes() if relay is not None else None,
+            )
+            self._ops.append(server)
+            log.info("Stats listening on %s", g.stats.bind)
+        if g.admin_socket is not None:
+            handler = relay.handle if relay is not None else None
+            self._ops.append(
+                await start_admin_socket(loop, g.admin_socket, provider, handler=handler)
+            )
+
+    def _close_ops(self) -> None:
+        ops, self._ops = self._ops, []
+        for server in ops:
+            server.close()
 
     async def _serve_listen(self, lst: Listen) -> None:
         loop = asyncio.get_running_loop()
@@ -122,16 +237,17 @@ class Worker:
             server = await loop.create_server(lambda: cls(ctx), sock=sock, backlog=backlog)
             self.servers.append(server)
 
-    def _start_checks(self) -> None:
+    def _start_checks(self, inherited: Mapping[str, Mapping[str, int]] | None = None) -> None:
         """Active health checks (issue 3): one `HealthChecker` per backend, started once the
-        listeners serve. A listen without a `health` block gets none (servers stay up)."""
+        listeners serve. A listen without a `health` block gets none (servers stay up).
+        `inherited`: listener -> server -> health counter of the previous generation."""
         from pylb.health.scheduler import HealthChecker
 
         loop = asyncio.get_running_loop()
         for backend in self.state.backends.values() if self.state else ():
             checker = HealthChecker(backend)
             if checker.enabled:
-                checker.start(loop)
+                checker.start(loop, (inherited or {}).get(backend.name))
                 self.checkers.append(checker)
 
     async def _stop_checks(self) -> None:
@@ -158,6 +274,7 @@ class Worker:
         if state is None:
             return
         state.draining = True
+        self._close_ops()  # the next generation's slot 0 serves stats and the runtime API
         for lst in self.config.listens:
             log.log(NOTICE, "Stopping proxy %s in %d ms.", lst.name, int(timeout * 1000))
         self._close_servers()
@@ -167,11 +284,18 @@ class Worker:
         # shut down nor waited for, and die with the process.
         for _ in range(2):
             await asyncio.sleep(0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # HAProxy's `idle-close-on-response`: closing an idle keep-alive connection races
+        # with the client's next request on it (sent before our FIN arrives: reset). For
+        # IDLE_CLOSE_GRACE, connections only get `Connection: close` on their next
+        # response, so busy keep-alive clients close cleanly themselves; then the rest.
+        grace_end = min(deadline, loop.time() + IDLE_CLOSE_GRACE)
+        while state.connections and loop.time() < grace_end:
+            await asyncio.sleep(min(DRAIN_POLL, max(0.0, grace_end - loop.time())))
         for conn in list(state.connections):
             with contextlib.suppress(Exception):  # one broken connection must not stop the drain
                 conn.shutdown()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
         while state.connections and loop.time() < deadline:
             await asyncio.sleep(min(DRAIN_POLL, max(0.0, deadline - loop.time())))
         if state.connections:
@@ -220,6 +344,10 @@ class Worker:
             await self.drain(self.config.global_.hard_stop_after)
         finally:
             self._close_servers()
+            self._close_ops()
+            if self._control_server is not None:
+                self._control_server.close()
+                self._control_server = None
             for checker in self.checkers:  # not drained (an error): stop the timers anyway
                 checker.stop()
             if self.state is not None:
@@ -281,6 +409,8 @@ def run_worker(
     *,
     master_pid: int | None = None,
     ready_fd: int | None = None,
+    control: WorkerControl | None = None,
+    stats_sock: socket.socket | None = None,
 ) -> int:
     """Process entry point of a forked worker: serve until SIGTERM, drain, return 0.
 
@@ -288,9 +418,10 @@ def run_worker(
     once every listener accepts, which is when the master announces the worker (and, on a
     reload, retires the previous generation).
 
-    SIGINT, SIGHUP and SIGUSR1 are ignored: Ctrl-C (or `systemctl kill`) reaches every
-    process, and the master decides what a signal means (it sends SIGTERM to stop; reload
-    is the master's job).
+    SIGINT and SIGHUP are ignored: Ctrl-C (or `systemctl kill`) reaches every process,
+    and the master decides what a signal means (it sends SIGTERM to stop; reload is the
+    master's job). SIGUSR1 from the master = soft stop (keep accepting, close every
+    connection after its current response) while the VRRP speaker hands the VIP over.
     """
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
         signal.signal(sig, signal.SIG_IGN)
@@ -300,9 +431,10 @@ def run_worker(
             return 0
 
     async def main() -> None:
-        worker = Worker(config, sockets)
+        worker = Worker(config, sockets, control=control, stats_sock=stats_sock)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, worker.request_stop)
+        loop.add_signal_handler(signal.SIGUSR1, worker.soft_stop)
         # The master forks with signals blocked: a SIGTERM that arrived meanwhile is
         # pending and is delivered now, to the handler above.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, UNBLOCK)
