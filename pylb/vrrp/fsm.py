@@ -72,7 +72,9 @@ from pylb.vrrp.types import (
     Shutdown,
     Startup,
     State,
+    StepDown,
     StopTimerFired,
+    SyncMaster,
     TimerKind,
 )
 
@@ -160,6 +162,11 @@ TRANSITIONS: dict[tuple[State, type], tuple[Rule, ...]] = {
     (S.FAULT, AdvertReceived): (Rule(S.FAULT, _IGNORE),),
     (S.FAULT, Shutdown): (Rule(S.INIT, "_stop_quietly"),),
     (S.FAULT, PriorityChanged): (Rule(S.FAULT, "_set_priority"),),
+    # -- pylb: forced moves (scheduler lag, sync groups); ignored where they mean nothing
+    (S.MASTER, StepDown): (Rule(S.BACKUP, "_yield_master", None, "late timer / sync"),),
+    (S.BACKUP, SyncMaster): (Rule(S.MASTER, "_become_master", None, "sync group"),),
+    **{(s, StepDown): (Rule(s, _IGNORE),) for s in (S.INIT, S.BACKUP, S.FAULT, S.STOPPING)},
+    **{(s, SyncMaster): (Rule(s, _IGNORE),) for s in (S.INIT, S.MASTER, S.FAULT, S.STOPPING)},
 }
 
 # Which timers may be armed in each state: the shell and the tests can rely on it.
@@ -414,6 +421,17 @@ class VrrpFsm:
 
     def _step_down(self, ev: AdvertReceived, now: float) -> list[Action]:
         self._learn_master(ev)
+        acts = self._cancel_all()
+        acts.append(RemoveVips())
+        acts.append(self._arm(TimerKind.MASTER_DOWN, now + self._mdi()))
+        acts.append(Notify(NotifyKind.BACKUP, self.priority))
+        return acts
+
+    def _yield_master(self, ev: Event, now: float) -> list[Action]:
+        """Like `_step_down` without a new master to learn: VIPs off, wait as BACKUP
+        for a full Master_Down_Interval (a live peer's advert arrives well before)."""
+        self.master_ip = None
+        self.master_priority = None
         acts = self._cancel_all()
         acts.append(RemoveVips())
         acts.append(self._arm(TimerKind.MASTER_DOWN, now + self._mdi()))

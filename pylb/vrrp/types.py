@@ -132,6 +132,20 @@ class PriorityChanged:
             raise ValueError(f"priority {self.priority} out of 1..255")
 
 
+@dataclass(frozen=True, slots=True)
+class StepDown:
+    """Leave MASTER without a better advert: our own process ran too late to trust that
+    no backup took over (scheduler lag, STYLE.md 5.7), or a sync group member left
+    MASTER. The VIPs go; the instance listens as BACKUP."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SyncMaster:
+    """A sync group member became MASTER: a BACKUP member follows at once."""
+
+
 Event = (
     Startup
     | Shutdown
@@ -142,6 +156,8 @@ Event = (
     | FaultOn
     | FaultOff
     | PriorityChanged
+    | StepDown
+    | SyncMaster
 )
 EVENT_TYPES: tuple[type, ...] = (
     Startup,
@@ -153,6 +169,8 @@ EVENT_TYPES: tuple[type, ...] = (
     FaultOn,
     FaultOff,
     PriorityChanged,
+    StepDown,
+    SyncMaster,
 )
 TIMER_EVENTS: dict[TimerKind, type] = {
     TimerKind.MASTER_DOWN: MasterDownTimerFired,
@@ -263,6 +281,7 @@ class TrackScript:
     weight: int = 0
     rise: int = 1
     fall: int = 1
+    timeout: float = 0.0  # a run taking longer is killed and fails; 0 = `interval`
 
 
 @dataclass(frozen=True, slots=True)

@@ -453,8 +453,7 @@ class Sim:
 
 def _sim(*prios: int, **kw: object) -> Sim:
     nodes = {
-        f"n{i}": VrrpFsm(cfg(priority=p, **kw), ip(f"192.0.2.{i + 1}"))
-        for i, p in enumerate(prios)
+        f"n{i}": VrrpFsm(cfg(priority=p, **kw), ip(f"192.0.2.{i + 1}")) for i, p in enumerate(prios)
     }
     s = Sim(nodes)
     for name in nodes:

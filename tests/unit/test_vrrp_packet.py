@@ -74,8 +74,9 @@ def expected_v3_checksum(msg: bytes, src, dst) -> int:
 
 def ip4(payload: bytes, src=SRC4, dst=GROUP4, ttl: int = 255, proto: int = 112) -> bytes:
     """A received IPv4 packet as a raw socket returns it (header checksum not checked)."""
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0xC0, 20 + len(payload), 0, 0, ttl, proto, 0,
-                      src.packed, dst.packed)
+    hdr = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0xC0, 20 + len(payload), 0, 0, ttl, proto, 0, src.packed, dst.packed
+    )
     return hdr + payload
 
 
@@ -173,8 +174,10 @@ def test_both_ones_complement_zeros_are_valid() -> None:
 
 def test_scapy_v3_ipv4_checksum_is_the_rfc_pseudo_header_rule() -> None:
     # A fixed vector: 192.0.2.1 -> 224.0.0.18, vrid 5, prio 100, 100 cs, VIP 192.0.2.100.
-    raw = bytes(IP(src="192.0.2.1", dst="224.0.0.18", ttl=255)
-                / VRRPv3(vrid=5, priority=100, addrlist=["192.0.2.100"]))[20:]
+    raw = bytes(
+        IP(src="192.0.2.1", dst="224.0.0.18", ttl=255)
+        / VRRPv3(vrid=5, priority=100, addrlist=["192.0.2.100"])
+    )[20:]
     assert int.from_bytes(raw[6:8], "big") == expected_v3_checksum(raw, SRC4, GROUP4)
     # Without the pseudo-header the value would differ: the rule matters.
     assert int.from_bytes(raw[6:8], "big") != rfc1071(raw[:6] + b"\0\0" + raw[8:])
@@ -194,13 +197,17 @@ def test_scapy_v3_checksum_matches_independent(vrid, prio, cs, n, src, dst, v6) 
     if v6:
         s, d = ipaddress.IPv6Address(src << 64 | 1), ipaddress.IPv6Address(dst << 32)
         addrs = [str(ipaddress.IPv6Address((0x20010DB8 << 96) + i)) for i in range(n)]
-        raw = bytes(IPv6(src=str(s), dst=str(d), hlim=255)
-                    / VRRPv3(vrid=vrid, priority=prio, adv=cs, addrlist=addrs))[40:]
+        raw = bytes(
+            IPv6(src=str(s), dst=str(d), hlim=255)
+            / VRRPv3(vrid=vrid, priority=prio, adv=cs, addrlist=addrs)
+        )[40:]
     else:
         s, d = ipaddress.IPv4Address(src), ipaddress.IPv4Address(dst)
         addrs = [str(ipaddress.IPv4Address(0xC0000200 + i)) for i in range(n)]
-        raw = bytes(IP(src=str(s), dst=str(d), ttl=255)
-                    / VRRPv3(vrid=vrid, priority=prio, adv=cs, addrlist=addrs))[20:]
+        raw = bytes(
+            IP(src=str(s), dst=str(d), ttl=255)
+            / VRRPv3(vrid=vrid, priority=prio, adv=cs, addrlist=addrs)
+        )[20:]
     assert int.from_bytes(raw[6:8], "big") == expected_v3_checksum(raw, s, d)
     # encode() (scapy + our own check) produces exactly those bytes.
     a = Advert(3, vrid, prio, cs / 100, tuple(ip(x) for x in addrs))
@@ -283,8 +290,10 @@ def test_verdict_own_and_addr_mismatch() -> None:
     one_vip = cfg4(auth=AuthConf("secret12"), virtual_ipaddresses=VIPS4[:1])
     verdict, adv = receive(good_v2(), 4, one_vip)
     assert verdict is Verdict.ADDR_MISMATCH and verdict.accepted and adv is not None
-    other = cfg4(auth=AuthConf("secret12"), virtual_ipaddresses=(
-        VIPS4[0], ipaddress.ip_interface("192.0.2.102/24")))
+    other = cfg4(
+        auth=AuthConf("secret12"),
+        virtual_ipaddresses=(VIPS4[0], ipaddress.ip_interface("192.0.2.102/24")),
+    )
     assert receive(good_v2(), 4, other)[0] is Verdict.ADDR_MISMATCH
     # Same addresses in another order are the same list.
     swapped = cfg4(auth=AuthConf("secret12"), virtual_ipaddresses=VIPS4[::-1])
