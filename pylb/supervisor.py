@@ -47,7 +47,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pylb.config.model import Address, Config
 from pylb.logsetup import NOTICE
@@ -56,6 +56,7 @@ from pylb.sdnotify import SdNotifier, Watchdog, watchdog_interval
 
 if TYPE_CHECKING:
     from pylb.proxy.worker import WorkerControl
+    from pylb.vrrp.heartbeat import Heartbeat
 
 log = logging.getLogger("pylb.master")
 
@@ -64,6 +65,9 @@ BACKOFF_MAX = 5.0
 STABLE_AFTER = 60.0  # a child that ran this long is healthy again: backoff restarts at min
 KILL_GRACE = 5.0  # after hard_stop_after, before SIGKILL
 VIP_RELEASE_MAX = 5.0  # stop: longest wait for the VRRP speaker to hand the VIPs over
+# stop: the speaker keeps the VIPs this long after the peer's advert as master, so the
+# requests in flight here can still send their responses (docs/vrrp.md)
+STOP_LINGER = 0.5
 
 
 def control_path(rundir: str, generation: int, index: int) -> str:
@@ -142,6 +146,10 @@ class Master:
         self.stats_sock: socket.socket | None = None  # global.stats.bind, served by slot 0
         self.vrrp: Slot | None = None  # the VRRP speaker (issue 4), when one runs
         self.vip_release_until: float | None = None  # stop phase 1: waiting for the speaker
+        self.hb: Heartbeat | None = None  # the speaker's heartbeat pipe (write end)
+        self._hb_r = -1  # its read end, between pipe() and fork() only
+        self._vrrp_next = False  # reload: a new speaker starts once the old one has exited
+        self._vrrp_resume: tuple[str, ...] = ()  # ... and resumes these instances as MASTER
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -175,6 +183,8 @@ class Master:
                 self._close_ready(slot)
             self.listeners.close()
             self._close_stats()
+            if self.hb is not None:
+                self.hb.close()
             self._restore_signals()
             self.sd.close()
             if self.rundir:
@@ -198,8 +208,9 @@ class Master:
             now = time.monotonic()
             timeout = self._next_timeout(now)
             waiting = {s.ready_fd: s for s in self._all_children() if s.ready_fd >= 0}
+            hb_fds = self.hb.read_fds() if self.hb is not None else []
             try:
-                ready, _, _ = select.select([self._wake_r, *waiting], [], [], timeout)
+                ready, _, _ = select.select([self._wake_r, *waiting, *hb_fds], [], [], timeout)
             except InterruptedError:  # pragma: no cover - PEP 475 retries select itself
                 ready = []
             for fd in ready:
@@ -208,8 +219,11 @@ class Master:
                         self._on_signal(signum)
                 elif fd in waiting:
                     self._on_ready(waiting[fd])
+                elif self.hb is not None:
+                    self.hb.on_readable(fd)
             self._reap()
             now = time.monotonic()
+            self._vrrp_tick(now)
             # WATCHDOG=1 only while the workers are alive (`_healthy`): a master whose
             # workers keep dying gets restarted by systemd.
             if self.watchdog.tick(now, self._healthy()):
@@ -251,6 +265,8 @@ class Master:
             due.append(now + wd)
         if self.vip_release_until is not None:
             due.append(self.vip_release_until)
+        if self.hb is not None and self.vrrp is not None and self.vrrp.pid:
+            due.append(now + self.hb.timeout(now))
         if self.stopping:
             due.append(self.stop_deadline)
         else:
@@ -348,6 +364,8 @@ class Master:
         self._close_ready(slot)
         for stream in (sys.stdout, sys.stderr):  # buffered output would be written twice
             stream.flush()
+        if slot.kind == "vrrp":
+            self._open_heartbeat()
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         # Signals stay blocked across the fork: the parent gets them after fork() returns,
         # and the child only once its own handlers are in place (run_worker unblocks them),
@@ -360,6 +378,7 @@ class Master:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             os.close(ready_r)
             os.close(ready_w)
+            self._close_hb_reader()
             raise
         if pid == 0:  # pragma: no cover - runs in the child (covered by integration tests)
             code = 1
@@ -377,6 +396,7 @@ class Master:
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         os.close(ready_w)
+        self._close_hb_reader()  # the speaker's end (no-op for a worker)
         os.set_blocking(ready_r, False)
         slot.ready_fd = ready_r
         slot.pid = pid
@@ -393,6 +413,8 @@ class Master:
         for other in self._all_children():
             if other.ready_fd >= 0:
                 os.close(other.ready_fd)
+        if self.hb is not None:  # the master's end of the heartbeat pipe and its poll
+            self.hb.close()
         for sig in HANDLED:
             signal.signal(sig, signal.SIG_DFL)
 
@@ -415,6 +437,8 @@ class Master:
                 control=self._control_for(slot),
                 stats_sock=self.stats_sock if slot.index == 0 else None,
             )
+        if slot.kind == "vrrp":
+            return self._speaker_main(ready_fd)
         raise RuntimeError(f"unknown child kind {slot.kind!r}")
 
     def _control_for(self, slot: Slot) -> WorkerControl | None:
@@ -453,9 +477,155 @@ class Master:
         out += [control_path(self.rundir, s.generation, s.index) for s in old]
         return tuple(out)
 
+    # -- VRRP speaker (issue 4, docs/vrrp.md "Running under pylb run") --------------------
+
     def _spawn_vrrp(self) -> None:
-        """Issue 4: fork the VRRP speaker as `Slot("vrrp", 0)` when `config.vrrp` is set,
-        with a heartbeat pipe from the master (the proxy's health lowers its priority)."""
+        """Fork the VRRP speaker as `Slot("vrrp", 0)` when `config.vrrp` is set, with a
+        heartbeat pipe from the master (the proxy's health lowers its priority). It is
+        restarted with backoff like a worker when it dies (`_kept`)."""
+        if self.config.vrrp is None or not self.rundir:
+            return
+        try:
+            # Imported here, once, before the fork (scapy, pyroute2: ~0.6 s): a restarted
+            # speaker then starts in milliseconds, well inside the peer's
+            # Master_Down_Interval at a reload handover. The pages are shared with it.
+            import pylb.vrrp.speaker  # noqa: F401
+        except ImportError as e:
+            log.error("Cannot load the VRRP speaker: %s", e)
+            return
+        self.vrrp = Slot("vrrp", 0)
+        try:
+            self._spawn(self.vrrp)
+        except OSError as e:  # fork failed: the restart loop tries again
+            self.vrrp.backoff = next_backoff(0.0, 0.0)
+            self.vrrp.restart_at = time.monotonic() + self.vrrp.backoff
+            log.error("Cannot start the VRRP speaker: %s", e)
+
+    def _open_heartbeat(self) -> None:
+        """A fresh heartbeat pipe for a speaker about to be forked (the previous one's
+        read end died with it). The master's end is non-blocking: a speaker that does
+        not read never blocks the master (`track.send_heartbeat` drops the beat)."""
+        from pylb.vrrp.heartbeat import Heartbeat
+
+        if self.hb is not None:
+            self.hb.close()
+        r, w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(w, False)
+        self._close_hb_reader()
+        self._hb_r = r
+        self.hb = Heartbeat(w, time.monotonic())
+
+    def _close_hb_reader(self) -> None:
+        if self._hb_r >= 0:
+            os.close(self._hb_r)
+            self._hb_r = -1
+
+    def _speaker_main(self, ready_fd: int) -> int:
+        """In the forked speaker: drop what belongs to the data plane, run the speaker."""
+        from pylb.vrrp.config import from_config
+        from pylb.vrrp.control import speaker_control_path
+        from pylb.vrrp.speaker import run_speaker
+
+        for s in self.listeners.all_sockets():  # a listener kept open here would outlive
+            s.close()  # its removal by a reload: the kernel would queue connections to it
+        if self.stats_sock is not None:
+            self.stats_sock.close()
+        health_r, self._hb_r = self._hb_r, -1
+        # SIGUSR1 is the workers' soft stop, never the speaker's; SIGCHLD must reach the
+        # loop's child watcher (notify and track scripts), and the mask is inherited by
+        # those scripts. run_speaker unblocks SIGTERM/SIGINT once its handlers are set.
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD, signal.SIGHUP, signal.SIGUSR1})
+        conf = from_config(self.config)
+        if conf is None:  # pragma: no cover - _spawn_vrrp checked config.vrrp
+            return 1
+        try:
+            return run_speaker(
+                conf,
+                health_fd=health_r,
+                control_path=speaker_control_path(self.config.vrrp, self.rundir),
+                ready_fd=ready_fd,
+                master_pid=self.pid,
+                release_linger=STOP_LINGER,
+                resume=self._vrrp_resume,
+            )
+        except OSError as e:  # no such interface, no CAP_NET_RAW/NET_ADMIN, ...
+            log.error("VRRP speaker cannot run: %s", e)
+            return 1
+
+    def _proxy_healthy(self) -> bool:
+        """The heartbeat's `healthy`: every worker of the serving generation is alive and
+        accepts (the current one, or while it starts after a reload, the previous one)."""
+        if self.slots and all(s.pid and s.ready for s in self.slots):
+            return True
+        return bool(self.superseded) and all(s.pid and s.ready for s, _ in self.superseded)
+
+    def _health_source(self) -> str | None:
+        """Worker 0's control socket, of the serving generation (None: nobody serves)."""
+        for slot in [*self.slots, *(s for s, _ in self.superseded)]:
+            if slot.index == 0 and slot.pid and slot.ready:
+                return control_path(self.rundir, slot.generation, 0)
+        return None
+
+    def _vrrp_tick(self, now: float) -> None:
+        """Once per loop: the heartbeat when due, and a reload's new speaker once the
+        old one has exited (never two speakers of one node on the same VRIDs)."""
+        if self._vrrp_next and not any(s.kind == "vrrp" for s in self.retiring):
+            self._vrrp_next = False
+            if not self.stopping:
+                self._spawn_vrrp()
+            self._vrrp_resume = ()  # for that first start only: a later restart is a crash
+        if self.hb is None or self.vrrp is None or not self.vrrp.pid:
+            return
+        if self.announced < 0:  # no worker serves yet: the speaker's own timeout decides
+            return
+        self.hb.tick(now, self._proxy_healthy(), self._health_source())
+
+    def _reload_vrrp(self, old: dict | None, new: dict | None) -> None:
+        """Reload: an unchanged `vrrp:` section keeps the speaker running (its state,
+        VIPs and counters); a changed one restarts it (keepalived applies a diff; pylb
+        does not), and the new speaker starts only once the old one has exited.
+
+        When every old instance is still there with the same interface, VRID, family
+        and VIPs (a priority, interval, tracking or notify change), the old speaker is
+        told to hand over (SIGUSR2: exit at once, no priority 0, VIPs left in place) and
+        the new one resumes those instances as MASTER where it finds their VIPs: the VIP
+        does not move. Otherwise (an instance or VIP removed or moved) the old speaker
+        gets the clean stop (priority 0, VIPs kept until a peer is master) and the new
+        one removes any VIP left behind (`VipManager.remove_stale`)."""
+        if old == new and (new is None or self.vrrp is not None):
+            return
+        self._vrrp_resume = ()
+        if self.vrrp is not None:
+            slot, self.vrrp = self.vrrp, None
+            if slot.pid:
+                keep = _handover_instances(old, new) if slot.ready else None
+                log.log(
+                    NOTICE,
+                    "vrrp section changed: restarting the VRRP speaker (%s)",
+                    "VIPs handed over" if keep is not None else "clean stop",
+                )
+                slot.kill_at = time.monotonic() + self._vip_release_max() + KILL_GRACE
+                self.retiring.append(slot)
+                if keep is not None:
+                    self._vrrp_resume = keep
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(slot.pid, signal.SIGUSR2 if keep is not None else signal.SIGTERM)
+        if new is not None:
+            self._vrrp_next = True
+
+    def _vip_release_max(self) -> float:
+        """Stop phase 1's bound: the speaker's own (3 advert intervals + its slack) and
+        a margin, never less than VIP_RELEASE_MAX."""
+        from pylb.config.errors import ConfigError
+        from pylb.vrrp.config import from_config
+
+        try:
+            conf = from_config(self.config)
+        except ConfigError:  # pragma: no cover - validated at load
+            conf = None
+        longest = max((i.advert_interval for i in conf.instances), default=1.0) if conf else 1.0
+        return max(VIP_RELEASE_MAX, 3 * longest + 2.0)
 
     def _reap(self) -> None:
         while True:
@@ -570,8 +740,9 @@ class Master:
         self._notify("STOPPING=1")
         for slot in self._kept():
             slot.restart_at = None
+        release = self._vip_release_max() if self.vrrp is not None else VIP_RELEASE_MAX
         self.stop_deadline = (
-            time.monotonic() + VIP_RELEASE_MAX + self.config.global_.hard_stop_after + KILL_GRACE
+            time.monotonic() + release + self.config.global_.hard_stop_after + KILL_GRACE
         )
         if self.vrrp is not None and self.vrrp.pid:
             for slot in self._all_children():
@@ -580,7 +751,7 @@ class Master:
                         os.kill(slot.pid, signal.SIGUSR1)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.vrrp.pid, signal.SIGTERM)
-            self.vip_release_until = time.monotonic() + VIP_RELEASE_MAX
+            self.vip_release_until = time.monotonic() + release
             return
         self._stop_workers()
 
@@ -623,7 +794,7 @@ class Master:
         log.log(NOTICE, "Reloading configuration from %s", self.path)
         self._notify("RELOADING=1")
         try:
-            new, warnings = load_config_with_warnings(self.path)
+            new, warnings = load_config_with_warnings(self.path, files=True)
             self._preload(new)
             self._sync_stats(new)
             self.listeners.sync(new)
@@ -646,7 +817,8 @@ class Master:
             slot.restart_at = None
             if slot.pid:
                 self.superseded.append((slot, hard_stop))
-        self.config = new
+        old_vrrp, self.config = self.config.vrrp, new
+        self._reload_vrrp(old_vrrp, new.vrrp)
         try:
             setup_logging(new.global_.log)
         except (OSError, ValueError) as e:  # keep the previous target
@@ -676,6 +848,28 @@ class Master:
             self.sd.stopping("draining")
         else:  # pragma: no cover - the three above are the only callers
             self.sd.send(state)
+
+
+def _handover_instances(old: dict | None, new: dict | None) -> tuple[str, ...] | None:
+    """The instance names a restarting speaker may hand over to its successor, or None
+    when it must not: some old instance is gone or has another interface, VRID, family
+    or VIP set in the new section (its VIPs would be left to nobody). Pure."""
+    from pylb.vrrp.config import check_vrrp
+
+    if old is None or new is None:
+        return None
+    before, _ = check_vrrp(old)
+    after, _ = check_vrrp(new)
+    if before is None or after is None:
+        return None
+
+    def key(i: Any) -> tuple[Any, ...]:
+        return (i.interface, i.vrid, int(i.family), frozenset(i.virtual_ipaddresses))
+
+    now = {i.name: key(i) for i in after.instances}
+    if any(now.get(i.name) != key(i) for i in before.instances):
+        return None
+    return tuple(i.name for i in before.instances)
 
 
 def fds_needed(config: Config) -> int:
@@ -717,7 +911,7 @@ def run_master(path: str) -> int:
     from pylb.logsetup import setup_logging
 
     try:
-        config, warnings = load_config_with_warnings(path)
+        config, warnings = load_config_with_warnings(path, files=True)
     except ConfigError as e:
         print(e.report(), file=sys.stderr)  # every diagnostic, FILE:LINE:COL: error: ...
         return 1

@@ -252,6 +252,11 @@ def show_vrrp(snap: Snapshot) -> str:
         return "VRRP is not available in this process.\n"
     if not snap.vrrp:
         return "No VRRP instance configured.\n"
+    if all("vrid" in inst and "counters" in inst for inst in snap.vrrp):
+        # the speaker's own snapshot (`pylb run`): its `show vrrp` wording
+        from pylb.vrrp.control import show_vrrp_text
+
+        return show_vrrp_text({"instances": list(snap.vrrp)})
     out = []
     for inst in snap.vrrp:
         out.append(f"{inst.get('name', '?')}:")

@@ -271,7 +271,12 @@ def aggregate_metrics(texts: Sequence[str]) -> bytes:
 
 async def local_handler(provider: StatsProvider, text: str) -> str:
     """A worker's private control socket: the runtime API plus `show metrics` (this
-    worker's Prometheus text, for slot 0's /metrics)."""
+    worker's Prometheus text, for slot 0's /metrics) and `show health` (JSON health
+    summary: the master's heartbeat to the VRRP speaker, `pylb.vrrp.heartbeat`)."""
     if text.strip() == "show metrics":
         return metrics_text(provider).decode()
+    if text.strip() == "show health":
+        from pylb.vrrp.heartbeat import health_answer
+
+        return health_answer(provider.snapshot().backends)
     return execute_many(text, provider)

@@ -97,6 +97,61 @@ def _global(li: _Linter) -> None:
             "global.log.format",
             f"format {g.log.format!r} only applies to syslog targets, not {g.log.target!r}",
         )
+    if g.state_dir is not None and not g.state_dir.startswith("/"):
+        li.error("global.state_dir", f"must be an absolute path, got {g.state_dir!r}")
+    if g.peers is not None:
+        _peers(li)
+
+
+MAX_PEERS_INTERVAL = 60.0  # a claim re-announced less often leaves a lost datagram unrepaired
+
+
+def _peers(li: _Linter) -> None:
+    """`global.peers`: the writer sync between pylb nodes (pylb.galera.peers)."""
+    p = li.config.global_.peers
+    assert p is not None
+    path = "global.peers"
+    if p.node is not None and not _NAME.fullmatch(p.node):
+        li.error(
+            path + ".node", f"node name {p.node!r}: use 1-64 letters, digits, '_', '.', ':' or '-'"
+        )
+    if p.nodes and p.key_file is None:
+        li.error(
+            path,
+            "peers with nodes need key_file (a shared secret: datagrams are authenticated "
+            "with HMAC-SHA256)",
+            key=True,
+        )
+    if p.bind.port == 0:
+        li.error(path + ".bind", "peers need a fixed port: the other nodes send to it")
+    seen: dict[Address, str] = {}
+    names = {name for name, _ in p.nodes}
+    for i, (name, addr) in enumerate(p.nodes):
+        ipath = _peer_path(li, i, name)
+        if p.node is not None and name == p.node:
+            li.error(
+                ipath, f"{name!r} is this node's own name (global.peers.node): list the others"
+            )
+        if addr == p.bind:
+            li.error(ipath, f"{addr} is this node's own peers bind address: list the others")
+        first = seen.get(addr)
+        if first is not None:
+            li.error(ipath, f"{addr} is listed twice (first at {first})")
+        seen[addr] = ipath
+    if p.node is None and names and len(names) != len(p.nodes):  # pragma: no cover - mapping keys
+        li.error(path + ".nodes", "duplicate node names")
+    if not 0 < p.interval <= MAX_PEERS_INTERVAL:
+        li.error(path + ".interval", f"must be more than 0s and at most {MAX_PEERS_INTERVAL:g}s")
+    if not any(lst.balance == "writer-pin" for lst in li.config.listens):
+        li.warn(
+            path, "peers only sync the writer of balance writer-pin listeners: none here", key=True
+        )
+
+
+def _peer_path(li: _Linter, index: int, name: str) -> str:
+    """`global.peers.nodes.NAME` (mapping form) or `global.peers.nodes[i]` (list form)."""
+    named = f"global.peers.nodes.{name}"
+    return named if named in li.smap.values else f"global.peers.nodes[{index}]"
 
 
 def _listen(li: _Linter, lst: Listen, lpath: str, binds: dict[Address, str]) -> None:

@@ -48,6 +48,7 @@ from pylb.config.model import (
     Health,
     Listen,
     LogConf,
+    PeersConf,
     Pos,
     ServerConf,
     StatsAuth,
@@ -69,6 +70,7 @@ __all__ = [
     "Diagnostic",
     "analyze_dict",
     "analyze_text",
+    "check_files",
     "config_from_dict",
     "load_config",
     "load_config_text",
@@ -81,7 +83,17 @@ __all__ = [
 # suggestions and docs/config.md all agree.
 
 TOP_KEYS = ("global", "defaults", "listen", "vrrp")
-GLOBAL_KEYS = ("maxconn", "workers", "admin_socket", "log", "stats", "hard_stop_after")
+GLOBAL_KEYS = (
+    "maxconn",
+    "workers",
+    "admin_socket",
+    "log",
+    "stats",
+    "hard_stop_after",
+    "peers",
+    "state_dir",
+)
+PEERS_KEYS = ("node", "bind", "nodes", "key_file", "interval")
 LOG_KEYS = ("target", "level", "format")
 SYSLOG_FORMATS = ("rfc5424", "rfc3164")
 STATS_KEYS = ("bind", "auth")
@@ -581,6 +593,10 @@ def _global(ctx: _Ctx, node: Node | None) -> GlobalConf:
         kw["log"] = _log(ctx, entries["log"][1])
     if "stats" in entries:
         kw["stats"] = _stats(ctx, *entries["stats"])
+    if "peers" in entries and not _is_null(entries["peers"][1]):
+        kw["peers"] = _peers(ctx, *entries["peers"])
+    if "state_dir" in entries:
+        kw["state_dir"] = _str(ctx, entries["state_dir"][1], "global.state_dir", optional=True)
     return GlobalConf(**{k: v for k, v in kw.items() if v is not BAD})
 
 
@@ -684,6 +700,58 @@ def _stats(ctx: _Ctx, knode: Node, node: Node) -> Any:
     if bind is BAD or auth is BAD:
         return BAD
     return StatsConf(bind=bind, auth=auth)
+
+
+def _peers(ctx: _Ctx, knode: Node, node: Node) -> Any:
+    """`global.peers`: {node, bind, nodes: {NAME: "IP:PORT"} or ["IP:PORT", ...],
+    key_file, interval}. Peer addresses must be IP literals: they are sent to every
+    interval, and a name that stops resolving must not silently end the sync."""
+    path = "global.peers"
+    entries = _mapping(ctx, node, path, PEERS_KEYS)
+    if entries is None:
+        return BAD
+    if "bind" not in entries:
+        return ctx.error(knode, path, "peers needs 'bind' (this node's sync address IP:PORT)")
+    kw: dict[str, Any] = {"bind": _address(ctx, entries["bind"][1], path + ".bind", bind=True)}
+    if "node" in entries:
+        kw["node"] = _str(ctx, entries["node"][1], path + ".node", optional=True)
+    if "key_file" in entries:
+        kw["key_file"] = _str(ctx, entries["key_file"][1], path + ".key_file", optional=True)
+    if "interval" in entries:
+        kw["interval"] = _duration(ctx, entries["interval"][1], path + ".interval")
+    if "nodes" in entries and not _is_null(entries["nodes"][1]):
+        kw["nodes"] = _peer_nodes(ctx, entries["nodes"][1], path + ".nodes")
+    if any(v is BAD for v in kw.values()):
+        return BAD
+    return PeersConf(**kw)
+
+
+def _peer_nodes(ctx: _Ctx, node: Node, path: str) -> Any:
+    named: list[tuple[str, Node, str]] = []  # (name, address node, path)
+    if isinstance(node, MappingNode):
+        for name, _, vnode in _pairs(ctx, node, path, None) or []:
+            named.append((name, vnode, _join(path, name)))
+    else:
+        items = _sequence(ctx, node, path)
+        if items is None:
+            return BAD
+        for i, item in enumerate(items):
+            ipath = f"{path}[{i}]"
+            ctx.smap.values[ipath] = ctx.pos(item)
+            text = item.value if isinstance(item, ScalarNode) else ""
+            named.append((str(text), item, ipath))
+    out: list[tuple[str, Address]] = []
+    ok = True
+    for name, vnode, ipath in named:
+        addr = _address(ctx, vnode, ipath, bind=False)
+        if addr is BAD:
+            ok = False
+        elif not addr.is_ip():
+            ctx.error(vnode, ipath, f"peer address {addr} must be an IP address, not a name")
+            ok = False
+        else:
+            out.append((name, addr))
+    return tuple(out) if ok else BAD
 
 
 def _binds(ctx: _Ctx, node: Node, path: str) -> tuple[Address, ...]:
@@ -883,8 +951,62 @@ def _vrrp(ctx: _Ctx, node: Node) -> Any:
 # Entry points
 
 
+def _file_problem(path: str, *, nonempty: bool = False) -> str | None:
+    """Why a secret file cannot be used (None: it can). Read like the consumers read it."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(1 << 20)
+    except FileNotFoundError:
+        return "no such file"
+    except IsADirectoryError:
+        return "is a directory"
+    except PermissionError:
+        return "permission denied"
+    except OSError as e:
+        return e.strerror or str(e)
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not valid UTF-8"
+    if nonempty and not data.strip():
+        return "is empty"
+    return None
+
+
+def check_files(config: Config, smap: SourceMap | None = None) -> list[Diagnostic]:
+    """Errors for the secret files `config` names that cannot be read now: the galera /
+    mysql check's `password_file`, the stats `password_file`, the peers `key_file`.
+    `pylb run` and a reload run it (a worker would otherwise fail after the fork, in a
+    restart loop); `pylb check` does not, so a config can be checked on a machine
+    without the secrets."""
+    smap = smap if smap is not None else SourceMap(config.source)
+    out: list[Diagnostic] = []
+
+    def need(path: str, file: str | None, what: str, *, nonempty: bool = False) -> None:
+        if file is None:
+            return
+        problem = _file_problem(file, nonempty=nonempty)
+        if problem is not None:
+            out.append(smap.diag("error", path, f"{what} {file}: {problem}"))
+
+    for lst in config.listens:
+        h = lst.health
+        if h is not None and h.type in ("galera", "mysql", "amqp"):
+            need(f"listen.{lst.name}.health.password_file", h.password_file, "password_file")
+    g = config.global_
+    if g.stats is not None and g.stats.auth is not None:
+        need("global.stats.auth.password_file", g.stats.auth.password_file, "password_file")
+    if g.peers is not None:
+        need("global.peers.key_file", g.peers.key_file, "key_file", nonempty=True)
+    return out
+
+
 def _analyze_node(
-    root: Node | None, source: str, *, allow_port_zero: bool = False
+    root: Node | None,
+    source: str,
+    *,
+    allow_port_zero: bool = False,
+    files: bool = False,
 ) -> tuple[Config | None, list[Diagnostic], SourceMap]:
     from pylb.config.lint import lint  # lint imports errors/model only; no cycle at import
 
@@ -939,13 +1061,23 @@ def _analyze_node(
         if d.path and any(path_under(d.path, b) for b in bad):
             continue
         ctx.diags.append(d)
+    if config.vrrp is not None:  # the VRRP subsystem owns the section's schema (issue 4)
+        from pylb.vrrp.config import vrrp_diagnostics
+
+        ctx.diags += vrrp_diagnostics(config.vrrp, source, root)
+    if files:
+        ctx.diags += check_files(config, smap)
     diags = sort_diagnostics(ctx.diags)
     has_error = any(d.is_error for d in diags)
     return (None if has_error else config), diags, smap
 
 
 def analyze_text(
-    text: str | bytes, source: str = "<string>", *, allow_port_zero: bool = False
+    text: str | bytes,
+    source: str = "<string>",
+    *,
+    allow_port_zero: bool = False,
+    files: bool = False,
 ) -> tuple[Config | None, list[Diagnostic]]:
     """Never raises: (Config or None when there are errors, all diagnostics sorted)."""
     if isinstance(text, bytes):
@@ -971,19 +1103,20 @@ def analyze_text(
         return None, [Diagnostic(source, line, col, "error", "", f"YAML: {msg}")]
     except yaml.YAMLError as e:
         return None, [Diagnostic(source, 0, 0, "error", "", f"YAML: {e}")]
-    config, diags, _ = _analyze_node(root, source, allow_port_zero=allow_port_zero)
+    config, diags, _ = _analyze_node(root, source, allow_port_zero=allow_port_zero, files=files)
     return config, diags
 
 
-def analyze_file(path: str) -> tuple[Config | None, list[Diagnostic]]:
-    """Like analyze_text, for a file; an unreadable file is an error naming it."""
+def analyze_file(path: str, *, files: bool = False) -> tuple[Config | None, list[Diagnostic]]:
+    """Like analyze_text, for a file; an unreadable file is an error naming it.
+    `files`: also check the secret files it names (`check_files`)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
         reason = e.strerror or str(e)
         return None, [Diagnostic(path, 0, 0, "error", "", f"cannot read {path}: {reason}")]
-    return analyze_text(data, path)
+    return analyze_text(data, path, files=files)
 
 
 def analyze_dict(
@@ -1004,9 +1137,10 @@ def _raise_or(config: Config | None, diags: list[Diagnostic]) -> tuple[Config, l
     return config, [d for d in diags if not d.is_error]
 
 
-def load_config_with_warnings(path: str) -> tuple[Config, list[Diagnostic]]:
-    """Load and validate a file; raise ConfigError on any error, return the warnings."""
-    return _raise_or(*analyze_file(path))
+def load_config_with_warnings(path: str, *, files: bool = False) -> tuple[Config, list[Diagnostic]]:
+    """Load and validate a file; raise ConfigError on any error, return the warnings.
+    `files`: the secret files it names must be readable now (`pylb run`, reload)."""
+    return _raise_or(*analyze_file(path, files=files))
 
 
 def load_config(path: str) -> Config:

@@ -162,6 +162,18 @@ class StatsConf:
 
 
 @dataclass(frozen=True, slots=True)
+class PeersConf:
+    """`global.peers`: the writer sync between pylb nodes (docs/galera.md, "One writer
+    across proxy nodes"). `nodes` are the OTHER pylb nodes as (name, sync address)."""
+
+    bind: Address
+    node: str | None = None  # this node's name among its peers; None = the host name
+    nodes: tuple[tuple[str, Address], ...] = ()
+    key_file: str | None = None  # shared secret (HMAC-SHA256 key); required with nodes
+    interval: float = 1.0  # every claim is re-announced this often (heals lost datagrams)
+
+
+@dataclass(frozen=True, slots=True)
 class GlobalConf:
     maxconn: int = 20000
     workers: int = 1
@@ -169,6 +181,10 @@ class GlobalConf:
     log: LogConf = field(default_factory=LogConf)
     stats: StatsConf | None = None
     hard_stop_after: float = 30.0  # bound on draining at stop/reload
+    peers: PeersConf | None = None  # writer sync with other pylb nodes (writer-pin)
+    # Where the writer state file lives (writers.json). None = the master's private run
+    # directory: the writer survives reloads and worker restarts, not a restart of pylb.
+    state_dir: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,8 @@ import hmac
 import json
 import logging
 import math
+import os
+import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -167,7 +169,13 @@ class PeerSync:
     """Keeps the writer of each writer-pin listener the same on every pylb node.
 
     `controllers`: listen name -> WriterController of this node. `node`: this node's name
-    (unique among peers). `peers`: the other nodes' sync addresses. Loop thread only.
+    (unique among peers). `bind`: this node's UDP sync address (None: no UDP socket).
+    `peers`: where the other members are: an `Address` (UDP, another pylb node) or a
+    `str` (a unix datagram socket path: a sibling worker of this node, `local`).
+    `local`: the unix datagram socket path this member binds for its sibling workers
+    (docs/galera.md, "Workers"). `reuse_port`: SO_REUSEPORT on the UDP socket, so the
+    next generation's worker can bind it while a reloaded one still drains. Loop thread
+    only.
     """
 
     def __init__(
@@ -175,27 +183,33 @@ class PeerSync:
         controllers: Mapping[str, WriterController],
         *,
         node: str,
-        bind: Address,
-        peers: Sequence[Address],
+        bind: Address | None,
+        peers: Sequence[Address | str],
         key: bytes,
         interval: float = 1.0,
+        local: str | None = None,
+        reuse_port: bool = False,
     ) -> None:
         if not key:
             raise ValueError("peers need a shared key")
         self.controllers = dict(controllers)
         self.node = node
         self.bind = bind
-        self.peers = list(peers)
+        self.peers: list[Address | str] = list(peers)
         self.key = key
         self.interval = interval
+        self.local = local
+        self.reuse_port = reuse_port
         self.claims: dict[str, Claim] = {}
         self.seen_epoch: dict[str, int] = {}
         self.address = bind
         self.dropped = 0  # datagrams refused (MAC, format)
-        self._transport: asyncio.DatagramTransport | None = None
+        self._transport: asyncio.DatagramTransport | None = None  # UDP, other pylb nodes
+        self._unix: asyncio.DatagramTransport | None = None  # sibling workers
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._heard = asyncio.Event()  # an authentic datagram from a peer arrived
+        self._heard_node = asyncio.Event()  # ... from another pylb node (UDP)
         now = time.time()
         for name, ctl in self.controllers.items():
             w = ctl.writer
@@ -206,27 +220,48 @@ class PeerSync:
 
     async def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Proto(self), local_addr=(self.bind.host, self.bind.port)
-        )
-        self._transport = transport  # type: ignore[assignment]
-        host, port = transport.get_extra_info("sockname")[:2]
-        self.address = Address(host, port)
+        try:
+            if self.bind is not None:
+                sock = _udp_socket(self.bind, reuse_port=self.reuse_port)
+                transport, _ = await loop.create_datagram_endpoint(lambda: _Proto(self), sock=sock)
+                self._transport = transport  # type: ignore[assignment]
+                host, port = transport.get_extra_info("sockname")[:2]
+                self.address = Address(host, port)
+            if self.local is not None:
+                usock = _unix_socket(self.local)
+                utransport, _ = await loop.create_datagram_endpoint(
+                    lambda: _Proto(self), sock=usock
+                )
+                self._unix = utransport  # type: ignore[assignment]
+        except BaseException:
+            self.stop()
+            raise
         self._tick()
 
     async def wait_synced(self, timeout: float) -> bool:
         """Wait until a peer has been heard from (its claim merged), at most `timeout`.
         A fresh node calls it before serving, so its first sessions already go to the
         writer in use rather than to its provisional choice. False: no peer answered
-        (alone, or peers down): the choice by order stands."""
+        (alone, or peers down): the choice by order stands. With other pylb nodes among
+        the peers, a sibling worker's claim does not count: they may all be fresh."""
         if not self.peers:
             return False
+        nodes = any(not isinstance(p, str) for p in self.peers)
+        event = self._heard_node if nodes else self._heard
         try:
             async with asyncio.timeout(timeout):
-                await self._heard.wait()
+                await event.wait()
         except TimeoutError:
             return False
         return True
+
+    def close_external(self) -> None:
+        """Stop talking to other pylb nodes (UDP) but keep following the sibling workers:
+        a draining worker's successor owns the node's place among its peers."""
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        self.peers = [p for p in self.peers if isinstance(p, str)]
 
     def stop(self) -> None:
         if self._timer is not None:
@@ -238,8 +273,14 @@ class PeerSync:
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+        if self._unix is not None:
+            self._unix.close()
+            self._unix = None
+            if self.local is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.local)
 
-    def add_peer(self, address: Address) -> None:
+    def add_peer(self, address: Address | str) -> None:
         if address not in self.peers:
             self.peers.append(address)
             self._send(address)
@@ -252,14 +293,16 @@ class PeerSync:
         assert self._loop is not None
         self._timer = self._loop.call_later(self.interval, self._tick)
 
-    def _send(self, addr: Address | tuple[Any, ...]) -> None:
-        if self._transport is None:
+    def _send(self, addr: Address | str | tuple[Any, ...]) -> None:
+        transport = self._unix if isinstance(addr, str) else self._transport
+        if transport is None or not addr:
             return
         target = (addr.host, addr.port) if isinstance(addr, Address) else addr
         data = encode(self.key, self.node, list(self.claims.values()))
-        # A peer that cannot be reached now: the next tick tries again.
+        # A peer that cannot be reached now (down, not started yet): the next tick tries
+        # again. asyncio reports sendto errors to error_received (ignored) or raises.
         with contextlib.suppress(OSError):
-            self._transport.sendto(data, target)
+            transport.sendto(data, target)
 
     def _local_change(self, ctl: WriterController, old: Any, new: Any, reason: str) -> None:
         if reason == PEER:
@@ -283,7 +326,9 @@ class PeerSync:
         if sender == self.node:
             return
         self._heard.set()
-        answer = False
+        if not isinstance(addr, str):
+            self._heard_node.set()
+        answer = adopted = False
         for remote in claims:
             ctl = self.controllers.get(remote.listen)
             if ctl is None:
@@ -299,6 +344,7 @@ class PeerSync:
                     return False
 
             m = merge(self.claims[name], remote, eligible)
+            adopted = adopted or m.claim is not self.claims[name]
             self.claims[name] = m.claim
             answer = answer or m.answer
             if m.switch_to is not None:
@@ -313,3 +359,48 @@ class PeerSync:
                 ctl.set_writer(m.switch_to, PEER)
         if answer:
             self._send(addr)
+        if adopted:
+            # Pass an adopted claim on at once (not only at the next tick): a worker that
+            # learns a peer node's writer tells its sibling workers now. Members that
+            # already hold it do not answer, so this cannot loop.
+            sender_addr = _peer_key(addr)
+            for p in self.peers:
+                if _peer_key(p) != sender_addr:
+                    self._send(p)
+
+
+def _peer_key(addr: Any) -> Any:
+    """Comparable form of a peer address: Address, (host, port[, ...]) or a path."""
+    if isinstance(addr, Address):
+        return (addr.host, addr.port)
+    if isinstance(addr, tuple):
+        return tuple(addr[:2])
+    return addr
+
+
+def _udp_socket(bind: Address, *, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if bind.family_is_v6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if reuse_port and hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((bind.host, bind.port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _unix_socket(path: str) -> socket.socket:
+    """A unix datagram socket at `path` (a stale file from a crashed worker is replaced)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.bind(path)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

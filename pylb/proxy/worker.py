@@ -28,6 +28,12 @@ socket, and slot 0 serves the stats endpoints and the public admin socket (relay
 others: `pylb.admin.relay`). The VIP-aware stop order (keep accepting with `Connection:
 close` until the VRRP peer has taken the VIP) is `soft_stop()` (SIGUSR1 from the master)
 followed by `drain()` (SIGTERM).
+
+Galera writer-pin (issue 5, docs/galera.md): before accepting, a worker restores each
+writer-pin listener's writer from the state file (`_state_file`: global.state_dir or the
+run directory) and joins the writer sync (`_start_writers`): its sibling workers and the
+generation it replaces over unix datagram sockets (`sync_path`), and, in slot 0, the other
+pylb nodes of `global.peers`, so that every worker of every node uses one writer.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pylb.config.model import Config, Listen
@@ -53,6 +60,13 @@ from pylb.proxy.state import ListenContext, WorkerState
 log = logging.getLogger("pylb.worker")
 
 DRAIN_POLL = 0.05  # how often drain() looks whether the last connections are gone
+# writer-pin (docs/galera.md): how long a starting worker waits for a peer's writer claim
+# before serving (one round trip on a LAN or loopback; the choice by order stands after)
+SYNC_WAIT = 0.5
+WRITERS_FILE = "writers.json"  # the writer state file, in global.state_dir or the run dir
+# HMAC key of the sibling-worker sync when no global.peers.key_file is set: the unix
+# sockets are in the master's 0700 run directory, the file mode is the protection.
+LOCAL_SYNC_KEY = b"pylb-local-writer-sync"
 IDLE_CLOSE_GRACE = 1.0  # drain: keep-alive connections get a last request with Connection: close
 
 
@@ -70,6 +84,13 @@ class WorkerControl:
     workers: int = 1
     peers: tuple[str, ...] = ()
     state_from: tuple[str, ...] = ()
+
+
+def sync_path(control_path: str) -> str:
+    """The writer-sync unix datagram socket of the worker whose control socket is
+    `control_path` (same directory, same generation and slot)."""
+    base = control_path[:-5] if control_path.endswith(".sock") else control_path
+    return base + ".sync"
 
 
 def frontend_factory(mode: str) -> Callable[[ListenContext], Any]:
@@ -110,6 +131,7 @@ class Worker:
         self.contexts: dict[str, ListenContext] = {}
         self.servers: list[asyncio.base_events.Server] = []
         self.checkers: list[Any] = []  # pylb.health.scheduler.HealthChecker, one per backend
+        self.peer_sync: Any = None  # pylb.galera.peers.PeerSync (writer-pin), when one runs
         self._stop = asyncio.Event()
         self._stopped = asyncio.Event()
         self.started_at = 0.0
@@ -129,13 +151,18 @@ class Worker:
             state.backends[lst.name] = backend
             self.contexts[lst.name] = ListenContext(conf=lst, backend=backend, worker=state)
         inherited = await self._inherit_state()
+        # Probes are built before accepting: a galera check's password_file is read here,
+        # so an unreadable one fails the start instead of serving without checks.
+        checkers = self._make_checkers()
         try:
+            await self._start_writers()
             for lst in self.config.listens:
                 await self._serve_listen(lst)
         except BaseException:
             self._close_servers()
+            self._stop_writers()
             raise
-        self._start_checks(inherited)
+        self._start_checks(inherited, checkers)
         self.started_at = time.monotonic()
         try:
             await self._start_ops()
@@ -179,6 +206,12 @@ class Worker:
         self.provider = provider = WorkerProvider(
             self, info={"workers": workers, "process_num": index + 1}
         )
+        if self.config.vrrp is not None and control is not None:
+            # `show vrrp`, the stats page and /metrics ask the master's VRRP speaker
+            from pylb.vrrp.control import speaker_control_path, speaker_hook
+
+            rundir = os.path.dirname(control.path)
+            provider.vrrp_hook = speaker_hook(speaker_control_path(self.config.vrrp, rundir))
         if control is None and g.stats is None and g.admin_socket is None:
             return
         from pylb.admin.socket import start_admin_socket
@@ -237,18 +270,152 @@ class Worker:
             server = await loop.create_server(lambda: cls(ctx), sock=sock, backlog=backlog)
             self.servers.append(server)
 
-    def _start_checks(self, inherited: Mapping[str, Mapping[str, int]] | None = None) -> None:
+    def _make_checkers(self) -> list[Any]:
+        """One `HealthChecker` per backend with checks (not started). Raises
+        pylb.health.galera.SecretError for an unreadable password_file."""
+        from pylb.health.scheduler import HealthChecker
+
+        out = []
+        for backend in self.state.backends.values() if self.state else ():
+            try:
+                checker = HealthChecker(backend)
+            except Exception as e:
+                log.critical("Backend %s: cannot build its health check: %s", backend.name, e)
+                raise
+            if checker.enabled:
+                out.append(checker)
+        return out
+
+    def _start_checks(
+        self,
+        inherited: Mapping[str, Mapping[str, int]] | None = None,
+        checkers: Sequence[Any] | None = None,
+    ) -> None:
         """Active health checks (issue 3): one `HealthChecker` per backend, started once the
         listeners serve. A listen without a `health` block gets none (servers stay up).
         `inherited`: listener -> server -> health counter of the previous generation."""
-        from pylb.health.scheduler import HealthChecker
-
         loop = asyncio.get_running_loop()
-        for backend in self.state.backends.values() if self.state else ():
-            checker = HealthChecker(backend)
-            if checker.enabled:
-                checker.start(loop, (inherited or {}).get(backend.name))
-                self.checkers.append(checker)
+        for checker in self._make_checkers() if checkers is None else checkers:
+            checker.start(loop, (inherited or {}).get(checker.backend.name))
+            self.checkers.append(checker)
+
+    # -- writer-pin: state file and sync (docs/galera.md, "Reload" and "Workers") ---------
+
+    def _state_file(self) -> Path | None:
+        """Where the writers are saved: global.state_dir, else the master's private run
+        directory (survives reloads and worker restarts); None in-process without either."""
+        g = self.config.global_
+        if g.state_dir is not None:
+            directory = g.state_dir
+            try:
+                os.makedirs(directory, mode=0o700, exist_ok=True)
+            except OSError as e:
+                log.warning("global.state_dir %s: %s: the writer is not saved", directory, e)
+                return None
+        elif self.control is not None:
+            directory = os.path.dirname(self.control.path)
+        else:
+            return None
+        return Path(directory) / WRITERS_FILE
+
+    async def _start_writers(self) -> None:
+        """Before accepting: restore each writer-pin listener's writer from the state file
+        (a reload or restart keeps the writer), then join the writer sync: the sibling
+        workers of this node over unix datagram sockets in the run directory (all workers
+        of a node use one writer), and slot 0 also the other pylb nodes (global.peers).
+        A worker with someone to hear from waits up to SYNC_WAIT for their claim."""
+        from pylb.galera.writer import WriterController, restore_writers
+
+        state = self.state
+        if state is None:
+            return
+        controllers = {
+            name: b.writer
+            for name, b in state.backends.items()
+            if isinstance(b.writer, WriterController)
+        }
+        if not controllers:
+            return
+        control = self.control
+        index = control.index if control is not None else 0
+        path = self._state_file()
+        if path is not None:
+            restored = restore_writers(state.backends.values(), path)
+            for name, server in restored.items():
+                log.info("Writer of %s restored: %s", name, server)
+            if index != 0:  # one writer of the file per node: slot 0 (they all agree)
+                for ctl in controllers.values():
+                    ctl.state_file = None
+        sync = self._make_sync(controllers, index)
+        if sync is None:
+            return
+        try:
+            await sync.start(asyncio.get_running_loop())
+        except OSError as e:
+            if sync.bind is None:
+                raise
+            # Serving without the node mesh beats not serving: the writer is then
+            # decided by this node alone (docs/galera.md, "Failure cases").
+            log.error(
+                "Writer sync: cannot bind global.peers.bind %s: %s; this node decides alone",
+                sync.bind,
+                e.strerror or e,
+            )
+            sync = self._make_sync(controllers, index, nodes=False)
+            if sync is None:
+                return
+            await sync.start(asyncio.get_running_loop())
+        self.peer_sync = sync
+        external = any(not isinstance(p, str) for p in sync.peers)
+        serving = control is not None and bool(control.state_from)
+        if (external or serving) and not await sync.wait_synced(SYNC_WAIT):
+            log.info("Writer sync: no peer answered within %gs, writer by order", SYNC_WAIT)
+
+    def _make_sync(self, controllers: Mapping[str, Any], index: int, *, nodes: bool = True) -> Any:
+        """The PeerSync of this worker, or None when it has nobody to sync with.
+        `nodes`: slot 0 joins the other pylb nodes (global.peers)."""
+        from pylb.galera.peers import PeerSync
+
+        g = self.config.global_
+        pc = g.peers
+        control = self.control
+        external = pc is not None and index == 0 and nodes
+        if control is None and not external:
+            return None  # in-process, no peers: nobody to sync with
+        # Siblings of this generation, and the workers of the generation this one replaces
+        # (still draining after a reload: they follow this generation's changes).
+        siblings: list[str] = []
+        if control is not None:
+            for p in (*control.peers, *control.state_from):
+                sp = sync_path(p)
+                if p != control.path and sp not in siblings:
+                    siblings.append(sp)
+        key = LOCAL_SYNC_KEY
+        if pc is not None and pc.key_file is not None:
+            from pylb.health.galera import read_secret
+
+            key = read_secret(pc.key_file).strip().encode()
+        node = (pc.node if pc is not None else None) or socket.gethostname()
+        # Unique per worker and generation ("lb01/g3-w1"): a member ignores its own name.
+        name = (
+            node if control is None else f"{node}/{os.path.basename(sync_path(control.path))[:-5]}"
+        )
+        peers: list[Any] = [addr for _, addr in pc.nodes] if external and pc else []
+        return PeerSync(
+            controllers,
+            node=name,
+            bind=pc.bind if external and pc else None,
+            peers=[*peers, *siblings],
+            key=key,
+            interval=pc.interval if pc is not None else 1.0,
+            local=sync_path(control.path) if control is not None else None,
+            reuse_port=True,
+        )
+
+    def _stop_writers(self) -> None:
+        sync, self.peer_sync = self.peer_sync, None
+        if sync is not None:
+            sync.stop()
 
     async def _stop_checks(self) -> None:
         checkers, self.checkers = self.checkers, []
@@ -275,6 +442,10 @@ class Worker:
             return
         state.draining = True
         self._close_ops()  # the next generation's slot 0 serves stats and the runtime API
+        if self.peer_sync is not None:
+            # the next generation's slot 0 is the node's voice among the pylb nodes now;
+            # this one keeps following its siblings until its last session ends
+            self.peer_sync.close_external()
         for lst in self.config.listens:
             log.log(NOTICE, "Stopping proxy %s in %d ms.", lst.name, int(timeout * 1000))
         self._close_servers()
@@ -350,6 +521,7 @@ class Worker:
                 self._control_server = None
             for checker in self.checkers:  # not drained (an error): stop the timers anyway
                 checker.stop()
+            self._stop_writers()
             if self.state is not None:
                 self.state.access_log.close()  # flushes the buffered lines
             self._stopped.set()

@@ -160,6 +160,18 @@ class Positions:
         return pos
 
     @classmethod
+    def from_node(cls, root: Node | None) -> Positions:
+        """From a composed document (the loader's own node tree: no second parse).
+        Nodes without a mark (a config built from a dict) leave the map empty."""
+        pos = cls()
+        if isinstance(root, MappingNode):
+            try:
+                pos._walk(root, "")
+            except AttributeError:  # represented from a dict: no start_mark
+                return cls()
+        return pos
+
+    @classmethod
     def from_file(cls, path: str) -> Positions:
         try:
             with open(path, encoding="utf-8") as f:
@@ -517,6 +529,14 @@ def check_vrrp(
     if any(d.is_error for d in ctx.diags) or any(v is None for v in kw.values()):
         return None, sort_diagnostics(ctx.diags)
     return VrrpConfig(tuple(instances), groups, **kw), sort_diagnostics(ctx.diags)
+
+
+def vrrp_diagnostics(raw: Any, source: str, root: Node | None = None) -> list[Diagnostic]:
+    """The `vrrp:` section's diagnostics for the config loader (`pylb check`, `pylb run`,
+    reload): the same FILE:LINE:COL as the rest of the file, positions taken from the
+    loader's node tree `root` when given."""
+    positions = Positions.from_node(root) if root is not None else None
+    return check_vrrp(raw, source=source, positions=positions)[1]
 
 
 def _groups(ctx: _Ctx, raw: Any, names: Mapping[str, int]) -> tuple[SyncGroup, ...]:

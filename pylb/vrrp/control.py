@@ -13,8 +13,10 @@ API): the client writes one line, the speaker answers and closes.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 DROP_KEYS = (
@@ -95,3 +97,40 @@ def query(path: str, command: str = "show vrrp json", timeout: float = 2.0) -> s
 
 def query_json(path: str, timeout: float = 2.0) -> dict[str, Any]:
     return json.loads(query(path, "show vrrp json", timeout))
+
+
+RUN_SOCKET = "vrrp.sock"  # the speaker's control socket in `pylb run`'s private run dir
+
+
+def speaker_control_path(raw_vrrp: Any, rundir: str) -> str:
+    """Where the speaker forked by `pylb run` serves `show vrrp`: `vrrp.control_socket`
+    when the config sets one, else `vrrp.sock` in the master's 0700 run directory. The
+    master and the workers (whose admin socket relays `show vrrp` to it) both call this
+    with the raw `Config.vrrp` mapping, so they agree without passing the path around."""
+    configured = raw_vrrp.get("control_socket") if isinstance(raw_vrrp, dict) else None
+    if isinstance(configured, str) and configured:
+        return configured
+    return os.path.join(rundir, RUN_SOCKET)
+
+
+HOOK_TIMEOUT = 0.5  # the speaker answers from memory; the caller is a worker's loop
+
+
+def speaker_hook(path: str) -> Callable[[], list[dict[str, Any]]]:
+    """`WorkerProvider.vrrp_hook` for a worker of `pylb run`: the speaker's instances,
+    asked over its control socket at each `show vrrp` / stats page / scrape.
+
+    A blocking exchange on a unix socket with a short timeout: the speaker answers at
+    once from memory, and this runs only for operator requests, never for traffic. An
+    unreachable speaker (restarting, or not started yet) is one pseudo-instance saying
+    so, not an exception in the worker."""
+
+    def hook() -> list[dict[str, Any]]:
+        try:
+            snap = query_json(path, HOOK_TIMEOUT)
+        except (OSError, ValueError) as e:
+            return [{"name": "speaker", "state": f"UNREACHABLE ({e.__class__.__name__})"}]
+        instances = snap.get("instances") if isinstance(snap, dict) else None
+        return list(instances) if isinstance(instances, list) else []
+
+    return hook

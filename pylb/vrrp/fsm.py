@@ -113,6 +113,7 @@ TRANSITIONS: dict[tuple[State, type], tuple[Rule, ...]] = {
     (S.INIT, Startup): (
         Rule(S.FAULT, "_enter_fault", "_in_fault", "tracked interface down"),
         Rule(S.MASTER, "_become_master", "_is_owner", "owner (255)"),
+        Rule(S.MASTER, "_become_master", "_resumes", "resume (reload)"),
         Rule(S.BACKUP, "_become_backup"),
     ),
     (S.INIT, Shutdown): (Rule(S.INIT, _IGNORE),),
@@ -290,6 +291,9 @@ class VrrpFsm:
 
     def _in_fault(self, ev: Event, now: float) -> bool:
         return self.fault
+
+    def _resumes(self, ev: Startup, now: float) -> bool:
+        return ev.resume
 
     def _adv_prio_zero(self, ev: AdvertReceived, now: float) -> bool:
         return ev.priority == PRIO_STOP

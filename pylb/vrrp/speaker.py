@@ -22,7 +22,12 @@ SIGTERM (ARCHITECTURE.md "Stopping a node that holds the VIP"): every instance g
 `Shutdown`. A MASTER sends priority 0 and keeps its VIPs (STOPPING) until the peer's
 advert as master arrives or 3 advert intervals pass; then VIPs go, STOP notify runs,
 and the process exits 0 once every instance is down and the notify scripts finished
-(bounded). A second SIGTERM releases at once.
+(bounded). A second SIGTERM releases at once. Under `pylb run` the VIPs stay
+`release_linger` seconds after the peer's advert, for the requests in flight.
+
+SIGUSR2 (`pylb run` reload restarting the speaker): `hand_over()`, exit at once leaving
+the VIPs and sending no priority 0; the successor, started with `resume`, finds them and
+starts those instances as MASTER (`Startup(resume=True)`).
 
 Sync groups: an instance's transition is applied to its group (`ON_TRANSITION`):
 to MASTER -> members in BACKUP follow (`SyncMaster`); MASTER -> BACKUP -> members in
@@ -44,7 +49,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from pylb.config.errors import ConfigError
@@ -60,10 +65,13 @@ from pylb.vrrp.stats import DropStats
 from pylb.vrrp.track import HealthMonitor, ScriptTracker, effect, tracked_interfaces
 from pylb.vrrp.transport import Datagram, VrrpSocket
 from pylb.vrrp.types import (
+    AdvertReceived,
     Event,
     FaultOff,
     FaultOn,
+    Notify,
     PriorityChanged,
+    RemoveVips,
     Shutdown,
     Startup,
     State,
@@ -129,8 +137,17 @@ class Speaker:
         health_fd: int | None = None,
         control_path: str | None = None,
         state_file: str | None = None,
+        release_linger: float = 0.0,
+        resume: Collection[str] = (),
     ) -> None:
         self.conf = conf
+        # reload handover: instances whose VIPs a predecessor left on purpose (see _build)
+        self.resume = frozenset(resume)
+        self._resuming: set[str] = set()
+        self.keep_vips = False  # hand_over(): exit leaving the VIPs to the successor
+        # stop: how long VIPs stay after the peer's advert as master (see _step)
+        self.release_linger = release_linger
+        self._lingering: dict[Instance, Any] = {}
         self.health_fd = health_fd
         self.control_path = control_path if control_path is not None else conf.control_socket
         self.state_file = state_file if state_file is not None else conf.state_file
@@ -190,7 +207,7 @@ class Speaker:
         for inst in self.instances:
             self._refresh_tracking(inst, now, initial=True)
         for inst in self.instances:
-            self._step(inst, Startup(), loop.time())
+            self._step(inst, Startup(resume=inst.name in self._resuming), loop.time())
         self._write_state()
         log.info(
             "VRRP speaker started: %s",
@@ -200,7 +217,13 @@ class Speaker:
     def _build(self, cfg: Any) -> Instance:
         assert self._rtnl is not None and self._loop is not None
         vips = VipManager(cfg.interface, cfg.virtual_ipaddresses, self._rtnl)
-        vips.remove_stale()
+        held = {a.ip for a in vips.held()}
+        if cfg.name in self.resume and held and held >= {v.ip for v in cfg.virtual_ipaddresses}:
+            # the previous speaker of this `pylb run` was MASTER and left its VIPs to us
+            self._resuming.add(cfg.name)
+            log.info("(%s) resuming as master with the VIPs handed over", cfg.name)
+        else:
+            vips.remove_stale()
         fam = int(cfg.family)
         if cfg.unicast is not None:
             key: tuple[Any, ...] = (cfg.interface, fam, cfg.unicast.src, cfg.unicast.peers)
@@ -248,6 +271,7 @@ class Speaker:
             log.warning("second stop request: releasing the VIPs now")
             for inst in self.instances:
                 self._step(inst, Shutdown(), now)
+            self._flush_lingering()
             self._check_stopped()
             return
         self.stopping = True
@@ -258,6 +282,24 @@ class Speaker:
         self._stop_handle = loop.call_later(bound + STOP_SLACK, self._force_stop)
         self._check_stopped()
 
+    def hand_over(self) -> None:
+        """SIGUSR2 from `pylb run`'s master at a reload that restarts the speaker: exit at
+        once, sending no priority 0 and leaving the VIPs in place; the next speaker,
+        started with `resume`, finds them and goes on as MASTER. The peer sees one advert
+        interval or two missing, well inside its Master_Down_Interval."""
+        if self.stopping:
+            return
+        log.info("handing over to the next speaker: VIPs kept, no priority 0")
+        self.stopping = True
+        self.keep_vips = True
+        for inst in self.instances:
+            if inst.runner.pacer is not None:
+                inst.runner.pacer.stop()
+        if self._sched is not None:
+            self._sched.close()
+        self._write_state()
+        self.stopped.set()
+
     def _force_stop(self) -> None:
         self._stop_handle = None
         if not self.stopped.is_set():
@@ -266,21 +308,43 @@ class Speaker:
             for inst in self.instances:
                 if inst.fsm.state is not State.INIT:
                     self._step(inst, Shutdown(), now)
+            self._flush_lingering()
             self._check_stopped()
 
     def _check_stopped(self) -> None:
-        if self.stopping and all(i.fsm.state is State.INIT for i in self.instances):
+        if (
+            self.stopping
+            and not self._lingering
+            and all(i.fsm.state is State.INIT for i in self.instances)
+        ):
             self.stopped.set()
+
+    def _release_late(self, inst: Instance, deferred: list[Any]) -> None:
+        """End of a stop's linger: the VIPs go now (and the STOP notify runs)."""
+        self._lingering.pop(inst, None)
+        inst.runner.run(deferred)
+        self._write_state()
+        self._check_stopped()
+
+    def _flush_lingering(self) -> None:
+        for inst, (handle, deferred) in list(self._lingering.items()):
+            handle.cancel()
+            self._release_late(inst, deferred)
 
     async def close(self) -> None:
         """After the stop sequence (or on error): release everything, wait for notify."""
         if self._stop_handle is not None:
             self._stop_handle.cancel()
+        for handle, _ in self._lingering.values():
+            handle.cancel()  # the safety net below removes the VIPs
+        self._lingering.clear()
         if self._sched is not None:
             self._sched.close()
         for inst in self.instances:  # idempotent safety net: never leave a VIP behind
             if inst.runner.pacer is not None:
                 inst.runner.pacer.stop()
+            if self.keep_vips:  # ... except for the successor (hand_over)
+                continue
             with contextlib.suppress(OSError):
                 inst.runner.vips.remove()
         self._write_state()
@@ -306,11 +370,43 @@ class Speaker:
     # ------------------------------------------------------------------ driving
 
     def _step(self, inst: Instance, event: Event, now: float) -> None:
+        if self.keep_vips:  # handed over: the successor decides from now on
+            return
         old = inst.fsm.state
         actions = inst.fsm.step(event, now)
+        if (
+            self.release_linger > 0
+            and old is State.STOPPING
+            and inst.fsm.state is State.INIT
+            and isinstance(event, AdvertReceived)
+        ):
+            actions = self._linger(inst, actions)
         self._after(inst, old, actions, now)
 
+    def _linger(self, inst: Instance, actions: list[Any]) -> list[Any]:
+        """Stop under `pylb run`: the peer's advert as master has arrived, so its GARPs
+        are moving the clients to it. A request already in flight here still needs the
+        address to send its response from; removing the VIP at once would strand it (the
+        kernel no longer sends from an address it does not hold, and the client times
+        out). The VIPs stay `release_linger` seconds more (no GARP: the pacer stops now),
+        then go; the process exits after that."""
+        deferred = [a for a in actions if isinstance(a, RemoveVips | Notify)]
+        if not deferred:
+            return actions
+        if inst.runner.pacer is not None:
+            inst.runner.pacer.stop()
+        handle = self._loop.call_later(self.release_linger, self._release_late, inst, deferred)
+        self._lingering[inst] = (handle, deferred)
+        log.info(
+            "(%s) peer is master: VIPs kept %gs for requests in flight",
+            inst.name,
+            self.release_linger,
+        )
+        return [a for a in actions if not isinstance(a, RemoveVips | Notify)]
+
     def _fire(self, inst: Instance, now: float) -> None:
+        if self.keep_vips:
+            return
         old = inst.fsm.state
         actions = inst.fsm.poll(now)
         self._after(inst, old, actions, now)
@@ -554,12 +650,18 @@ def run_speaker(
     state_file: str | None = None,
     ready_fd: int | None = None,
     master_pid: int | None = None,
+    release_linger: float = 0.0,
+    resume: Collection[str] = (),
 ) -> int:
     """Process entry point: run until SIGTERM (or SIGINT), stop cleanly, return 0.
 
     `health_fd`: read end of the master's heartbeat pipe (`track.send_heartbeat`).
     `ready_fd`: one byte is written once every instance has started (the master's
     readiness pipe). `master_pid`: stop cleanly if that parent dies (PDEATHSIG SIGTERM).
+    `release_linger`: on a clean stop, seconds the VIPs stay after the peer's advert as
+    master (`pylb run` passes `supervisor.STOP_LINGER`; the standalone speaker 0).
+    `resume`: instance names whose VIPs the previous speaker handed over (SIGUSR2,
+    `Speaker.hand_over`): if they are on the interface, those start as MASTER.
     """
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if master_pid is not None:
@@ -569,10 +671,16 @@ def run_speaker(
 
     async def main() -> int:
         speaker = Speaker(
-            conf, health_fd=health_fd, control_path=control_path, state_file=state_file
+            conf,
+            health_fd=health_fd,
+            control_path=control_path,
+            state_file=state_file,
+            release_linger=release_linger,
+            resume=resume,
         )
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, speaker.request_stop)
+        loop.add_signal_handler(signal.SIGUSR2, speaker.hand_over)
         loop.add_signal_handler(signal.SIGINT, speaker.request_stop)
         # A master forks with signals blocked; one that arrived meanwhile comes now.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})

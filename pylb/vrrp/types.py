@@ -72,7 +72,13 @@ class NotifyKind(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Startup:
-    """The instance is configured and its interface is usable (RFC 5798 §6.4.1)."""
+    """The instance is configured and its interface is usable (RFC 5798 §6.4.1).
+
+    `resume`: the speaker replaces one that was MASTER a moment ago and handed its VIPs
+    over without a priority-0 advert (`pylb run` reload, docs/vrrp.md "Reload"): start
+    as MASTER at once instead of leaving the VIP to the peer and preempting it back."""
+
+    resume: bool = False
 
 
 @dataclass(frozen=True, slots=True)

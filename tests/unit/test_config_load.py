@@ -484,9 +484,27 @@ def test_merge_keys_are_honoured() -> None:
 
 
 def test_vrrp_is_kept_raw() -> None:
-    cfg = load_config_text("vrrp:\n  instances:\n    - {name: VI_1, vrid: 51, interval: 1s}\n")
-    assert cfg.vrrp == {"instances": [{"name": "VI_1", "vrid": 51, "interval": "1s"}]}
+    inst = "{name: VI_1, interface: eth0, vrid: 51, virtual_ipaddresses: [192.0.2.100/24]}"
+    cfg = load_config_text(f"vrrp:\n  instances:\n    - {inst}\n")
+    assert cfg.vrrp == {
+        "instances": [
+            {
+                "name": "VI_1",
+                "interface": "eth0",
+                "vrid": 51,
+                "virtual_ipaddresses": ["192.0.2.100/24"],
+            }
+        ]
+    }
     assert cfg.listens == ()
+
+
+def test_vrrp_is_checked_at_load_with_positions() -> None:
+    """The VRRP subsystem's diagnostics are part of the load (`pylb check`, run, reload)."""
+    text = "vrrp:\n  instances:\n    - {name: VI_1, interface: eth0, vrid: 300}\n"
+    with pytest.raises(ConfigError) as e:
+        load_config_text(text, "n.yaml")
+    assert "n.yaml:3:" in e.value.report() and "vrrp.instances[0].vrid" in e.value.report()
 
 
 def test_config_from_dict_for_the_demo() -> None:

@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pylb.config.errors import ConfigError
 from pylb.vrrp.config import (
@@ -108,9 +109,15 @@ def errors_of(tmp_path: Path, text: str) -> list[str]:
     path = write(tmp_path, text)
     from pylb.config.load import load_config
 
-    raw = load_config(path).vrrp
+    with pytest.raises(ConfigError) as e:  # the loader runs check_vrrp itself
+        load_config(path)
+    raw = yaml.safe_load(Path(path).read_text())["vrrp"]
     conf, diags = check_vrrp(raw, source=path)
     assert conf is None
+    # the loader's diagnostics (positions from its own node tree) are the same
+    assert [str(d) for d in e.value.diagnostics if d.path.startswith("vrrp")] == [
+        str(d) for d in diags
+    ]
     return [str(d).replace(path, "F") for d in diags if d.is_error]
 
 
