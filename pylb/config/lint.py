@@ -15,7 +15,15 @@ from __future__ import annotations
 import re
 
 from pylb.config.errors import Diagnostic, Severity, SourceMap
-from pylb.config.model import BALANCES, LOG_FORMATS, MODES, Address, Config, Listen
+from pylb.config.model import (
+    BALANCES,
+    LOG_FORMATS,
+    MODES,
+    SERVER_CHECK_KEYS,
+    Address,
+    Config,
+    Listen,
+)
 
 # `pylb ctl disable server B/S` addresses a server by listener/server: no '/' or spaces.
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
@@ -257,6 +265,16 @@ def _servers(li: _Linter, lst: Listen, lpath: str) -> None:
                 li.warn(path + ".priority", "priority is only used by balance writer-pin")
         if lst.health is None and (srv.check_port is not None or srv.check_address is not None):
             li.warn(path, "check_port/check_address have no effect: the listener has no health")
+        for name in SERVER_CHECK_KEYS:
+            value = getattr(srv, name)
+            if value is None:
+                continue
+            if lst.health is None:
+                li.warn(f"{path}.{name}", f"{name} has no effect: the listener has no health")
+            elif name in ("rise", "fall") and value < 1:
+                li.error(f"{path}.{name}", f"must be at least 1, got {value}")
+            elif name not in ("rise", "fall") and value <= 0:
+                li.error(f"{path}.{name}", "must be more than 0s")
         if srv.backup and lst.balance == "writer-pin":
             li.warn(
                 path + ".backup",

@@ -150,6 +150,11 @@ SERVER_KEYS = (
     "check_port",
     "check_address",
     "priority",
+    "inter",
+    "fastinter",
+    "downinter",
+    "rise",
+    "fall",
 )
 # syslog's severity names and usual aliases, as HAProxy and pylb.logsetup accept them
 LOG_LEVELS = (
@@ -794,6 +799,11 @@ def _server(ctx: _Ctx, node: Node, path: str) -> ServerConf | None:
         "check_port": lambda c, n, p: _int(c, n, p, optional=True),
         "check_address": lambda c, n, p: _str(c, n, p, optional=True),
         "priority": lambda c, n, p: _int(c, n, p, optional=True),
+        "inter": _duration,
+        "fastinter": _duration,
+        "downinter": _duration,
+        "rise": _int,
+        "fall": _int,
     }
     ok = True
     for key, (_, vnode) in entries.items():

@@ -10,7 +10,7 @@ All durations are float seconds. Defaults carry the reason they have the value t
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 Mode = Literal["http", "tcp"]
@@ -22,6 +22,8 @@ MODES: tuple[str, ...] = ("http", "tcp")
 BALANCES: tuple[str, ...] = ("roundrobin", "leastconn", "source", "first", "writer-pin")
 HEALTH_TYPES: tuple[str, ...] = ("none", "tcp", "http", "galera", "clustercheck", "mysql", "amqp")
 LOG_FORMATS: tuple[str, ...] = ("httplog", "tcplog", "json")
+# check timing keys a server may override (HAProxy's per-server `inter`, `rise`, ...)
+SERVER_CHECK_KEYS: tuple[str, ...] = ("inter", "fastinter", "downinter", "rise", "fall")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +112,19 @@ class ServerConf:
     check_port: int | None = None
     check_address: str | None = None
     priority: int | None = None  # writer-pin order; lower first; None = configured order
+    # Per-server check timing, as on HAProxy's `server ... check inter 5s rise 3`;
+    # None inherits the listener's health / defaults.check value.
+    inter: float | None = None
+    fastinter: float | None = None
+    downinter: float | None = None
+    rise: int | None = None
+    fall: int | None = None
     pos: Pos | None = field(default=None, compare=False)
+
+    def check_params(self, base: CheckParams) -> CheckParams:
+        """The listener's check parameters with this server's overrides applied."""
+        over = {k: v for k in SERVER_CHECK_KEYS if (v := getattr(self, k)) is not None}
+        return replace(base, **over) if over else base
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from pylb.config.model import Address, Health, Listen
 from pylb.health.passive import ObservePolicy, Observer
@@ -100,6 +101,7 @@ class ServerCheck:
         "position",
         "server",
         "state",
+        "timeout",
     )
 
     def __init__(self, checker: HealthChecker, server: Server, position: int) -> None:
@@ -107,7 +109,15 @@ class ServerCheck:
         self.server = server
         self.position = position
         self.address = check_address(server)
-        self.state = CheckState(checker.health.params, init=checker.init, spread=checker.spread)
+        params = server.conf.check_params(checker.health.params)
+        self.state = CheckState(params, init=checker.init, spread=checker.spread)
+        self.timeout = (
+            checker.timeout
+            if params is checker.health.params
+            else check_timeout(
+                replace(checker.health, params=params), server.backend.conf.timeout.connect
+            )
+        )
         self.observer = Observer(checker.policy)
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
@@ -142,7 +152,7 @@ class ServerCheck:
     async def _run(self) -> None:
         checker = self.checker
         try:
-            result = await checker.probe(checker.loop, self.address, checker.timeout)
+            result = await checker.probe(checker.loop, self.address, self.timeout)
         except Exception as e:  # a probe bug must not silently end this server's checks
             log.exception("check of %s/%s crashed", checker.backend.name, self.server.name)
             result = CheckResult.of(CheckStatus.SOCKERR, info=f"check error: {e!r}")

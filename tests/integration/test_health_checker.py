@@ -424,3 +424,41 @@ def test_check_timeout_default() -> None:
     assert check_timeout(Health(params=CheckParams(inter=2.0)), 5.0) == 2.0
     assert check_timeout(Health(params=CheckParams(inter=2.0)), 1.0) == 1.0
     assert check_timeout(Health(params=CheckParams(inter=2.0, timeout=0.3)), 1.0) == 0.3
+
+
+def test_server_check_timing_overrides(run) -> None:
+    """A server with its own `fall: 1` goes down after one failed check while its sibling,
+    inheriting `fall: 3`, needs three: per-server parameters reach the state machine."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        b1, b2 = await started(TinyHttp(), TinyHttp())
+        conf = Listen(
+            name="api",
+            binds=(Address("127.0.0.1", 0),),
+            servers=(
+                ServerConf(name="s1", address=b1.address),
+                ServerConf(name="s2", address=b2.address, fall=1, inter=0.04),
+            ),
+            health=Health(type="tcp", params=PARAMS),
+        )
+        backend = Backend(conf)
+        s1, s2 = backend.servers
+        checker = HealthChecker(backend)
+        c1, c2 = checker.checks
+        assert (c1.state.fall, c2.state.fall) == (3, 1)
+        assert (c1.timeout, c2.timeout) == (PARAMS.inter, 0.04)  # min(inter, timeout.connect)
+        checker.start(loop)
+        try:
+            await wait_until(lambda: c1.state.health == 4 and c2.state.health == 2, 2.0, "up")
+            await b1.stop()
+            await b2.stop()
+            await wait_until(lambda: not s2.oper_up, 1 * 0.04 + SLACK, "s2 down")
+            assert c2.state.failed_checks == 1
+            await wait_until(lambda: not s1.oper_up, PARAMS.fall * PARAMS.inter + SLACK)
+            assert c1.state.failed_checks == 3
+        finally:
+            checker.stop()
+            await checker.wait_stopped()
+
+    run(main())

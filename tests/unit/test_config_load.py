@@ -767,3 +767,53 @@ def test_stats_section() -> None:
     ]
     found = errors("global:\n  stats:\n    bind: 127.0.0.1:1\n    auth: {}\n" + MINIMAL)
     assert found == ["t.yaml:4:5: error: global.stats.auth: auth needs a 'user'"]
+
+
+def test_server_check_timing_overrides_the_listener() -> None:
+    """HAProxy's `server s2 ... check inter 5s fall 1`: per server, else inherited."""
+    cfg = load_config_text(
+        textwrap.dedent(
+            """\
+            defaults:
+              check: {inter: 2s, rise: 2, fall: 3}
+            listen:
+              api:
+                bind: ["127.0.0.1:8000"]
+                health: {type: tcp, inter: 1s}
+                servers:
+                  - {name: s1, address: "127.0.0.1:9001"}
+                  - {name: s2, address: "127.0.0.1:9002", inter: 250ms, fall: 1, rise: 5}
+            """
+        ),
+        "t.yaml",
+    )
+    api = cfg.listen("api")
+    assert api.health is not None
+    base = api.health.params
+    s1, s2 = api.servers
+    assert s1.check_params(base) is base
+    p = s2.check_params(base)
+    assert (p.inter, p.fall, p.rise, p.fastinter) == (0.25, 1, 5, base.fastinter)
+    assert (base.inter, base.fall, base.rise) == (1.0, 3, 2)
+
+
+def test_server_check_timing_errors_and_warnings() -> None:
+    text = textwrap.dedent(
+        """\
+        listen:
+          api:
+            bind: ["127.0.0.1:8000"]
+            health: {type: tcp}
+            servers:
+              - {name: s1, address: "127.0.0.1:9001", fall: 0}
+              - {name: s2, address: "127.0.0.1:9002", inter: 5}
+          web:
+            bind: ["127.0.0.1:8001"]
+            servers:
+              - {name: s1, address: "127.0.0.1:9003", rise: 3}
+        """
+    )
+    got = [str(d) for d in diags(text)]
+    assert any(":6:" in d and "api.servers[0].fall: must be at least 1" in d for d in got), got
+    assert any(":7:" in d and "api.servers[1].inter" in d and "unit" in d for d in got), got
+    assert any("warning" in d and "web.servers[0].rise: rise has no effect" in d for d in got), got
