@@ -45,3 +45,27 @@ lint: $(TSTAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# Performance (issue 7): `make bench` runs perf/bench.py (pylb side by side with HAProxy on
+# nginx backends; results in perf/results/), `make locust` the OpenStack mix against
+# `pylb demo`. Debian packages installed only when missing and root, as for deb-test.
+PSTAMP := $(VENV)/.installed-perf
+DEB_BENCH := haproxy nginx wrk
+.PHONY: bench locust deb-bench
+
+$(PSTAMP): $(STAMP)
+	$(PIP) install -q -e '.[perf]'
+	touch $@
+
+deb-bench:
+	@missing=""; for p in $(DEB_BENCH); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "not root: cannot apt-get install$$missing, which make bench needs"; exit 1; fi; \
+	fi
+
+bench: $(STAMP) deb-bench
+	$(PY) perf/bench.py $(BENCH_ARGS)
+
+locust: $(PSTAMP)
+	$(PY) perf/locust_run.py $(LOCUST_ARGS)

@@ -72,6 +72,17 @@ _CRLF = b"\r\n"
 RETRY_TURNAROUND = 1.0  # HAProxy: min(timeout connect, 1 s) before retrying the same server
 _NO_FRAMING = ResponseFraming(False, True)
 
+
+def _flush(t: asyncio.Transport, out: list[bytes]) -> None:
+    """Write what `Exchange._on_events` gathered in one call (one syscall on uvloop)."""
+    if out:
+        if len(out) == 1:
+            t.write(out[0])
+        else:
+            t.writelines(out)
+        out.clear()
+
+
 # A request body is kept for a replay only up to this size (HAProxy replays only what it
 # still holds in its buffer, `retry-on`; its default buffer is 16 KiB). 64 KiB is the
 # flow-control high-water mark: what one socket write buffer holds anyway, so keeping it
@@ -588,35 +599,48 @@ class Exchange:
         self._on_events(events)
 
     def _on_events(self, events: list) -> None:
+        # hot path: what one read of the server produced (typically the response head, the
+        # body and its end) goes to the client in one writelines(), one writev(2): uvloop
+        # sends each write() at once when its buffer is empty, so the head and the body
+        # written apart cost two syscalls and two TCP segments per response (measured:
+        # 3 writes per request against HAProxy's 2). `out` is flushed before anything
+        # that may write, finish or close.
         t = self.fe.transport
+        out: list[bytes] = []
         last = len(events) - 1
-        for i, ev in enumerate(events):
-            if type(ev) is bytes:
-                n = len(ev)
-                if self.framing.chunk:
-                    t.writelines((chunk_header(n), ev, _CRLF))
-                else:
-                    t.write(ev)
-                self._count_out(n)
-            elif ev is END:
-                if self.upgrading:
-                    continue
-                if self.status >= 200:
-                    self._response_done(trailing=i < last)
+        try:
+            for i, ev in enumerate(events):
+                if type(ev) is bytes:
+                    n = len(ev)
+                    if self.framing.chunk:
+                        out += (chunk_header(n), ev, _CRLF)
+                    else:
+                        out.append(ev)
+                    self._count_out(n)
+                elif ev is END:
+                    if self.upgrading:
+                        continue
+                    if self.status >= 200:
+                        _flush(t, out)
+                        self._response_done(trailing=i < last)
+                        return
+                elif type(ev) is Response:
+                    if not self._on_response(ev, out):
+                        return
+                elif type(ev) is Upgraded:
+                    _flush(t, out)
+                    self._start_tunnel(ev.rest)
                     return
-            elif type(ev) is Response:
-                if not self._on_response(ev):
-                    return
-            elif type(ev) is Upgraded:
-                self._start_tunnel(ev.rest)
-                return
+        finally:
+            _flush(t, out)
 
     def _count_out(self, n: int) -> None:
         self.bytes_out += n
         self.server.bytes_out += n  # type: ignore[union-attr]
         self.fe.ctx.backend.bytes_out += n
 
-    def _on_response(self, resp: Response) -> bool:
+    def _on_response(self, resp: Response, out: list[bytes]) -> bool:
+        """Relay a response head: appended to `out` (see _on_events)."""
         fe = self.fe
         req = self.req
         if self.t_response < 0:
@@ -625,17 +649,18 @@ class Exchange:
         if st < 200:
             if st == 101:
                 if req.upgrade is None:
+                    _flush(fe.transport, out)
                     self._server_failed("invalid")
                     return False
                 self.upgrading = True
                 self.status = 101
                 head = serialize_response_head(req, resp, _NO_FRAMING)
-                fe.transport.write(head)
+                out.append(head)
                 self._count_out(len(head))
                 self.resp_head_sent = True
             elif req.version == b"1.1":  # interim responses are relayed to HTTP/1.1 clients
                 head = serialize_response_head(req, resp, _NO_FRAMING)
-                fe.transport.write(head)
+                out.append(head)
                 self._count_out(len(head))
             return True
         self.status = st
@@ -648,7 +673,7 @@ class Exchange:
         up = self.up
         self.framing = framing = response_framing(req, resp, up.reader.eof_body, closing)  # type: ignore[union-attr]
         head = serialize_response_head(req, resp, framing)
-        fe.transport.write(head)
+        out.append(head)
         self._count_out(len(head))
         self.resp_head_sent = True
         return True
