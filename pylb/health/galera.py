@@ -266,14 +266,27 @@ class _Attempt:
     """Shared between the event loop and the check thread: the socket (so the loop can
     abort it at the deadline) and the phase reached (to classify a timeout as L4 or L7)."""
 
-    __slots__ = ("abandoned", "connected", "lock", "sock", "started")
+    __slots__ = ("abandoned", "budget", "connected", "lock", "sock", "started", "started_at")
 
-    def __init__(self) -> None:
+    def __init__(self, budget: float) -> None:
         self.lock = threading.Lock()
         self.sock: socket.socket | None = None
+        self.budget = budget  # the check's timeout
+        self.started_at = 0.0  # time.monotonic() when a thread picked the check up
         self.started = False  # a thread picked the check up (else it waited in the queue)
         self.connected = False
         self.abandoned = False
+
+    def start(self) -> None:
+        self.started_at = time.monotonic()
+        self.started = True
+
+    def queued_past_half(self, deadline: float) -> bool:
+        """A connect not done by `deadline` is blamed on whoever used most of the budget:
+        a check that waited in the queue for more than half of it (a thread freed at
+        another check's deadline picks it up with almost nothing left) was not fairly
+        tried, and saying "L4 timeout" would blame the node for our own congestion."""
+        return not self.started or deadline - self.started_at < self.budget / 2
 
     def adopt(self, sock: socket.socket) -> bool:
         with self.lock:
@@ -345,11 +358,11 @@ def _query_node(
     remaining = deadline - time.monotonic()
     if remaining <= 0 or attempt.abandoned:
         return CheckStatus.L4TOUT, _QUEUED_INFO, None  # the loop has answered already
-    attempt.started = True
+    attempt.start()
     try:
         sock = socket.create_connection((address.host, address.port), timeout=remaining)
     except TimeoutError:
-        return CheckStatus.L4TOUT, "", None
+        return CheckStatus.L4TOUT, _QUEUED_INFO if attempt.queued_past_half(deadline) else "", None
     except OSError as e:
         return CheckStatus.L4CON, _os_info(e), None
     if not attempt.adopt(sock):
@@ -423,7 +436,7 @@ async def check_galera(
     loop = asyncio.get_running_loop()
     start = loop.time()
     deadline = time.monotonic() + timeout
-    attempt = _Attempt()
+    attempt = _Attempt(timeout)
     fut = loop.run_in_executor(
         _get_executor(), _query_node, attempt, address, user, password, deadline
     )
@@ -434,12 +447,12 @@ async def check_galera(
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())
         raise
     if not done:
-        started, connected = attempt.started, attempt.connected
+        connected, queued = attempt.connected, attempt.queued_past_half(deadline)
         attempt.abandon()
         # Let the thread's result (or error) be collected without a "never retrieved" warning.
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())
         status = CheckStatus.L7TOUT if connected else CheckStatus.L4TOUT
-        info = "" if started else _QUEUED_INFO
+        info = _QUEUED_INFO if queued and not connected else ""
         return GaleraCheckResult(status, status.passed, None, info, loop.time() - start)
     status, info, node = fut.result()
     duration = loop.time() - start

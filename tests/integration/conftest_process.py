@@ -12,6 +12,7 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import signal
 import socket
 import socketserver
@@ -55,11 +56,34 @@ def wait_for(cond: Callable[[], object], timeout: float = 10.0, what: str = "con
         delay = min(delay * 2, 0.1)
 
 
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A port free right now on 127.0.0.1 (for config files, which cannot say port 0)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free right now on 127.0.0.1 (for config files, which cannot say port 0).
+
+    Taken at random BELOW the kernel's ephemeral range, not from bind(("", 0)): a port the
+    kernel handed out once is handed out again, as the local port of any process's
+    outgoing connection or bind(0), in the window before pylb binds it (and again after
+    it closes, while a test checks that nothing listens there any more). Outside that
+    range only another process picking the same port by hand can collide; random choice
+    makes that unlikely even with several suites on one machine."""
+    rng = random.SystemRandom()
+    high = _ephemeral_low() - 1
+    for _ in range(64):
+        port = rng.randint(20000, high) if high > 21000 else 0
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise AssertionError("no free port found below the ephemeral range")
 
 
 # -- backends --------------------------------------------------------------------------------

@@ -5,9 +5,16 @@ blackholed connects). The real cluster is in tests/system/test_galera_check.py."
 from __future__ import annotations
 
 import asyncio
+import time
 
 from pylb.config.model import Address, Health
-from pylb.health.galera import check_clustercheck, check_galera, check_mysql_handshake
+from pylb.health.galera import (
+    _EXECUTOR_WORKERS,
+    _Attempt,
+    check_clustercheck,
+    check_galera,
+    check_mysql_handshake,
+)
 from pylb.health.probes import make_probe
 from pylb.health.types import CheckStatus
 from tests.integration.health_helpers import TinyHttp, blackhole, closed_port
@@ -119,30 +126,51 @@ def test_galera_silent_server_times_out_and_frees_threads(run) -> None:
         silent = await fake_server(None)
         greeting_then_error = await fake_server(packet(TOO_MANY))
         async with silent, greeting_then_error:
+            # 1 s: long enough for a thread to connect even on a loaded machine (else it is
+            # rightly an L4 timeout), short enough to tell one shared deadline from rounds.
+            timeout, n = 1.0, 20
             start = loop.time()
             results = await asyncio.gather(
                 *(
-                    check_galera(address_of(silent), user="u", password="p", timeout=0.3)
-                    for _ in range(20)  # more than the pool's threads
+                    check_galera(address_of(silent), user="u", password="p", timeout=timeout)
+                    for _ in range(n)  # more than the pool's threads
                 )
             )
             took = loop.time() - start
             shapes = {(r.status, r.info) for r in results}
-            # Those that got a thread reached the server (L7); the rest never got one before
-            # the deadline and say so rather than blaming the server's TCP stack.
+            # Those that got a thread in time reached the server (L7); the rest got none, or
+            # one freed at another check's deadline with too little time left, and say so
+            # rather than blaming the server's TCP stack.
             assert (CheckStatus.L7TOUT, "") in shapes
             assert shapes <= {
                 (CheckStatus.L7TOUT, ""),
                 (CheckStatus.L4TOUT, "no check thread free before the deadline"),
             }, shapes
-            assert took < 2.0  # not 20 / threads rounds of 0.3 s: the queue shares the deadline
-            # The abandoned threads were woken at the deadline: a new check runs at once.
+            assert n > 2 * _EXECUTOR_WORKERS  # so that rounds would take >= 3 timeouts
+            # One shared deadline: about one timeout (slack: one more), not
+            # ceil(n / threads) rounds of it.
+            assert took < 2 * timeout
+            # The abandoned threads were woken at the deadline: a new check gets a thread.
             r = await check_galera(
-                address_of(greeting_then_error), user="u", password="p", timeout=1.0
+                address_of(greeting_then_error), user="u", password="p", timeout=2.0
             )
         assert r.status is CheckStatus.L7STS and r.info.startswith("1040 ")
 
     run(main())
+
+
+def test_connect_timeout_blames_the_queue_when_it_used_most_of_the_budget() -> None:
+    """The race behind a misleading L4TOUT: a thread freed at one check's deadline picks
+    up a queued check with almost nothing left; its connect cannot finish, and that is our
+    congestion, not the node's. Pure decision on the attempt's times."""
+    deadline = time.monotonic() + 10.0
+    a = _Attempt(1.0)
+    assert a.queued_past_half(deadline)  # never started
+    a.start()
+    a.started_at = deadline - 0.01
+    assert a.queued_past_half(deadline)  # started with 1 % of the budget left
+    a.started_at = deadline - 0.9
+    assert not a.queued_past_half(deadline)  # the connect had 90 % of it: the node's fault
 
 
 def test_clustercheck_and_registered_probes(run) -> None:

@@ -293,20 +293,33 @@ def test_slow_reader_is_blamed_not_the_source(run) -> None:
 def test_stalled_server_is_blamed(run) -> None:
     async def main() -> None:
         be = BackendServer(Stalled)
-        t = Timeouts(connect=2.0, client=0.2, server=0.3, tunnel=0)
+        # client < server: the client's shorter clock must stop while the proxy does not
+        # read it, else the client would be blamed. Both well above a scheduling hiccup.
+        t = Timeouts(connect=2.0, client=0.4, server=0.6, tunnel=0)
         async with proxy_with([be], timeout=t) as proxy:
             c = await connect_client(proxy.address)
             await wait_for(lambda: len(proxy.sessions) == 1)
             (session,) = proxy.sessions
             block = b"u" * 65536
-            # write until the kernel buffers on the way are full and the proxy stops
-            # reading the client (bounded: 64 MB)
+            backlog = 1024 * 1024
+            # Keep >= `backlog` queued in the client until the session ends, not just until
+            # the proxy first pauses: the kernel on the server side may take a little more
+            # later (ACKs processed late under load), the proxy then resumes reading the
+            # client, and a client with nothing left to send would rightly be the idle side.
+            # Bounded: at most 64 MB written.
             for _ in range(1024):
-                if session._client_flow.reading_paused or proxy.idle():
+                if proxy.idle():
                     break
-                c.transport.write(block)
-                await wait_for(lambda: c.transport.get_write_buffer_size() < 1024 * 1024)
+                if c.transport.get_write_buffer_size() < backlog:
+                    c.transport.write(block)
+                    continue
+                await wait_for(
+                    lambda: proxy.idle() or c.transport.get_write_buffer_size() < backlog,
+                    timeout=5,
+                    what="session end or client drained",
+                )
             await wait_for(proxy.idle, timeout=5, what="session end")
+            assert session._client_flow.reading_paused  # the proxy stopped reading the client
             assert proxy.records[0].term == "sD"
             c.transport.abort()
 
