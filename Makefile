@@ -24,14 +24,19 @@ $(TSTAMP): $(STAMP)
 
 install: $(STAMP)
 
-# Debian packages the system tests use; installed only when missing and root.
-DEB_TEST := iproute2 procps mariadb-server galera-4 rsync keepalived chromium curl systemd
-deb-test:
-	@missing=""; for p in $(DEB_TEST); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# Debian packages, installed only when missing and root: $(call deb-install,PKGS,what to do
+# when not root). The system tests skip with a reason when theirs are absent.
+define deb-install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	  else echo "not root: skipping apt-get install of$$missing (tests needing them will skip)"; fi; \
+	  else echo "not root: cannot apt-get install$$missing"; $(2); fi; \
 	fi
+endef
+
+DEB_TEST := iproute2 procps mariadb-server galera-4 rsync keepalived chromium curl systemd
+deb-test:
+	$(call deb-install,$(DEB_TEST),echo "tests needing them will skip")
 
 run: $(STAMP)
 	$(VENV)/bin/pylb demo
@@ -58,11 +63,7 @@ $(PSTAMP): $(STAMP)
 	touch $@
 
 deb-bench:
-	@missing=""; for p in $(DEB_BENCH); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	  else echo "not root: cannot apt-get install$$missing, which make bench needs"; exit 1; fi; \
-	fi
+	$(call deb-install,$(DEB_BENCH),exit 1)
 
 bench: $(STAMP) deb-bench
 	$(PY) perf/bench.py $(BENCH_ARGS)
