@@ -31,10 +31,12 @@ def test_server_at_maxconn_queues_then_503_at_timeout_queue(run) -> None:
                 await until(lambda: q.count == 1, 2, "queued")
                 r = await waiting
                 took = loop.time() - t0
-                assert r.status == 503 and took >= 0.3
+                # libuv timers have 1 ms resolution and may fire a hair before the float
+                # deadline: allow that much, not a whole early expiry.
+                assert r.status == 503 and took >= 0.3 - 0.005
                 rec = px.log.records[-1]
                 assert rec.term == "sQ--" and rec.status == 503
-                assert 300 <= rec.t_queue < 2000  # Tw: the time spent queued
+                assert 295 <= rec.t_queue < 2000  # Tw: the time spent queued (ms)
                 assert q.count == 0 and q.max == 1 and q.timeouts == 1
                 assert len(api.traffic()) == 1  # only the held request reached the server
                 api.release()

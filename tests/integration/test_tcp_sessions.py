@@ -241,7 +241,7 @@ def test_tunnel_timeout_closes_idle_session(run) -> None:
             await wait_for(proxy.idle, what="session end")
             (rec,) = proxy.records
             assert rec.term == "cD"
-            assert rec.t_total >= 200
+            assert rec.t_total >= 195  # one tunnel period (1 ms timer resolution aside)
 
     run(main())
 
