@@ -496,7 +496,10 @@ def test_writer_sigkill_during_inserts_loses_nothing(galera: GaleraCluster, app_
         )
         assert node == "node1"
         assert t_select - t_kill < 1.0  # the proxy's part (issue 5 point 3)
-        assert first_insert - t_kill < 10.0  # Galera's eviction (~5 s) bounds writes (6 s seen)
+        # Writes wait for Galera to evict the dead node, not for pylb: usually
+        # evs.suspect_timeout (5 s; 6 s seen), at worst evs.inactive_timeout (15 s by
+        # default; 11 s seen once on a loaded run). The bound is Galera's, with slack.
+        assert first_insert - t_kill < 20.0
         assert sampler.check_one_node_after(t_change, 1) > 0
 
 
