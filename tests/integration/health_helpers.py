@@ -10,36 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Callable, Coroutine, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import pytest
-import uvloop
 
 from pylb.config.model import Address
 
-LOOP_FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
-    "asyncio": asyncio.new_event_loop,
-    "uvloop": uvloop.new_event_loop,
-}
-TEST_DEADLINE = 20.0  # seconds: a test that takes longer is hung, not slow
-
-
-@pytest.fixture(name="run", params=list(LOOP_FACTORIES))
-def run_fixture(
-    request: pytest.FixtureRequest,
-) -> Iterator[Callable[[Coroutine[Any, Any, Any]], Any]]:
-    factory = LOOP_FACTORIES[request.param]
-    with asyncio.Runner(loop_factory=factory) as runner:
-
-        def _run(coro: Coroutine[Any, Any, Any]) -> Any:
-            async def bounded() -> Any:
-                async with asyncio.timeout(TEST_DEADLINE):
-                    return await coro
-
-            return runner.run(bounded())
-
-        yield _run
+# `run`: one fresh loop per test, asyncio and uvloop, bounded in time (shared with TCP tests)
+from tests.integration.tcp_helpers import LOOP_FACTORIES as LOOP_FACTORIES
+from tests.integration.tcp_helpers import run_fixture as run_fixture
 
 
 async def wait_until(cond: Callable[[], bool], timeout: float, what: str = "") -> float:
