@@ -6,9 +6,11 @@ requests are answered in order. A second request that arrives while one is in pr
 waits in `_queue` (its events, at most one read's worth) and reading is paused until the
 first is answered (uvicorn's pattern).
 
-Timeouts (one timer handle per connection, moved lazily, aiohttp's pattern): the handle
-fires at most every `horizon` seconds (the shortest configured timeout) and on each firing
-computes the current deadline from timestamps that the data path only *assigns*:
+Timeouts (one entry per connection in the worker's timer wheel, `pylb.proxy.deadlines`,
+moved lazily, aiohttp's pattern; a uvloop handle per connection cost ~590 B): the entry
+fires at most every `horizon` seconds (the shortest configured timeout), up to ~10 ms
+late and never early, and on each firing computes the current deadline from timestamps
+that the data path only *assigns*:
 
 - no request yet / between requests: `http_request` (first) or `http_keep_alive`; the
   connection closes silently;
@@ -20,7 +22,7 @@ computes the current deadline from timestamps that the data path only *assigns*:
 - after a 101: `tunnel` on both directions.
 
 Because every deadline is at least `horizon` ahead when it is set, a deadline never needs
-an earlier timer than the one already armed: no timer is created or cancelled per request.
+an earlier entry than the one already filed: no entry is filed or cancelled per request.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from pylb.proxy.queue import admit_next, park
 from pylb.proxy.responses import canned
 
 if TYPE_CHECKING:
+    from pylb.proxy.deadlines import Token
     from pylb.proxy.queue import Ticket
     from pylb.proxy.state import ListenContext
 
@@ -113,7 +116,7 @@ class HttpFrontend(asyncio.Protocol):
         self._parked: Ticket | None = None  # waiting for room under the listener's maxconn
         self._stash = b""  # what a parked connection sent before its reading paused
         self._requests = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Token | None = None  # the entry in ctx.worker.deadlines
         to = self.conf.timeout
         self.horizon = min(to.http_request, to.http_keep_alive, to.client, to.server, to.tunnel)
         self.pool_expiry = idle_expiry(self.conf)
@@ -174,7 +177,7 @@ class HttpFrontend(asyncio.Protocol):
             self.client_ip_b = self.lb_key = peer[0].encode("ascii")
         now = self.loop.time()
         self._idle_since = self._head_start = self._last_rx = now
-        self._timer = self.loop.call_at(now + self.horizon, self._on_timer)
+        self._timer = worker.deadlines.add(self, now + self.horizon)
         if worker.draining:
             self.closing = True
 
@@ -223,7 +226,7 @@ class HttpFrontend(asyncio.Protocol):
         self.tunnel = None
         self._drop_queue()
         if self._timer is not None:
-            self._timer.cancel()
+            self.ctx.worker.deadlines.cancel(self, self._timer)
             self._timer = None
         if self._registered:
             self._registered = False
@@ -501,6 +504,7 @@ class HttpFrontend(asyncio.Protocol):
 
     # -- timeouts -----------------------------------------------------------------------------
     def _on_timer(self) -> None:
+        """Called by the worker's `Deadlines` (the entry is gone then: file it again)."""
         self._timer = None
         if self._closed:
             return
@@ -511,7 +515,7 @@ class HttpFrontend(asyncio.Protocol):
             if self._closed or self.transport.is_closing():
                 return
             deadline, action = self._deadline()
-        self._timer = self.loop.call_at(min(deadline, now + self.horizon), self._on_timer)
+        self._timer = self.ctx.worker.deadlines.add(self, min(deadline, now + self.horizon))
 
     def _deadline(self):  # -> tuple[float, Callable[[], None]]
         to = self.conf.timeout

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from pylb.config.model import Listen
 from pylb.proxy.accesslog import AccessLog
 from pylb.proxy.backend import Backend
+from pylb.proxy.deadlines import Deadlines
 
 
 class FrontendConn(Protocol):
@@ -39,6 +40,11 @@ class WorkerState:
     actconn: int = 0  # client connections in this worker (HAProxy %ac)
     maxconn: int = 20000
     draining: bool = False  # set at stop: answer with Connection: close
+    # The one timer of every connection timeout in this worker (pylb.proxy.deadlines).
+    deadlines: Deadlines = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.deadlines = Deadlines(self.loop)
 
 
 @dataclass(slots=True, eq=False)

@@ -18,9 +18,11 @@ Life of a session (one `TcpFrontend` per accepted client, contract in `pylb.prox
    direction keeps flowing; the session ends when both directions are closed, or at once
    when either side errors or resets (the other side then gets what is already buffered
    for it, and our FIN; a timeout or `abort()` aborts both sides).
-5. timeouts: one timer handle per session, re-armed lazily (aiohttp's pattern): reads and
-   writes only store a timestamp; when the handle fires early it re-arms for the deadline
-   that is now due. See `idle_deadline` for which timeout applies when.
+5. timeouts: one entry per session in the worker's timer wheel (`pylb.proxy.deadlines`:
+   one uvloop handle per worker, deadlines up to ~10 ms late, never early), moved lazily
+   (aiohttp's pattern): reads and writes only store a timestamp; when the entry fires
+   early it is filed again for the deadline that is now due, and only a deadline that
+   moved earlier re-files it. See `idle_deadline` for which timeout applies when.
 6. end: counters, `server.drop()`, the access log record (built only if logging is on).
 
 Every session is registered on its server (`Server.sessions`) from pick to end, so
@@ -49,6 +51,7 @@ from pylb.proxy.queue import admit_next, park
 if TYPE_CHECKING:
     from pylb.config.model import Timeouts
     from pylb.proxy.backend import Server
+    from pylb.proxy.deadlines import Token
     from pylb.proxy.queue import Ticket
     from pylb.proxy.state import ListenContext
 
@@ -202,7 +205,7 @@ class TcpFrontend(asyncio.Protocol):
         self.t_accept = 0.0
         self._t_connected = -1.0
         self._last = 0.0  # last time a byte moved, either way (idle timeouts)
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Token | None = None  # the entry in ctx.worker.deadlines
         self._timer_at = 0.0
         self._client_flow = FlowControl(None)  # pauses reading the client
         self._server_flow = FlowControl(None)  # pauses reading the server
@@ -552,14 +555,16 @@ class TcpFrontend(asyncio.Protocol):
     def _arm_timer(self) -> None:
         deadline, _ = self._deadline()
         t = self._timer
+        deadlines = self.ctx.worker.deadlines
         if t is not None:
             if self._timer_at <= deadline:
-                return  # fires early and re-arms: no cancel/create per event
-            t.cancel()
+                return  # fires early and is filed again: no cancel/add per event
+            deadlines.cancel(self, t)
         self._timer_at = deadline
-        self._timer = self._loop.call_at(deadline, self._on_timer)
+        self._timer = deadlines.add(self, deadline)
 
     def _on_timer(self) -> None:
+        """Called by the worker's `Deadlines` (the entry is gone then: file it again)."""
         self._timer = None
         if self.phase == DONE:
             return
@@ -568,7 +573,7 @@ class TcpFrontend(asyncio.Protocol):
             self._finish(cause + ("C" if self.phase == CONNECTING else "D"))
         else:
             self._timer_at = deadline
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+            self._timer = self.ctx.worker.deadlines.add(self, deadline)
 
     # -- end --------------------------------------------------------------------------
 
@@ -600,7 +605,7 @@ class TcpFrontend(asyncio.Protocol):
         self.phase = DONE
         self.term = term
         if self._timer is not None:
-            self._timer.cancel()
+            self.ctx.worker.deadlines.cancel(self, self._timer)
             self._timer = None
         task = self._connect_task
         if task is not None:
