@@ -135,15 +135,17 @@ class Balancer:
         """
         if not self._group:
             return None
-        skip = frozenset(id(s) for s in avoid) if avoid else None
-        chosen = self._select(key, self._effective_skip(skip))
+        skip = self._effective_skip(frozenset(id(s) for s in avoid)) if avoid else None
+        chosen = self._select(key, skip)
         if chosen is not None and not chosen.usable:
             # A caller changed a server without calling update(): repair instead of sending
             # a session to a server known to be down. Costs one attribute read per pick.
             self.update()
             if not self._group:
                 return None
-            chosen = self._select(key, self._effective_skip(skip))
+            if avoid:
+                skip = self._effective_skip(frozenset(id(s) for s in avoid))
+            chosen = self._select(key, skip)
         return chosen
 
     def _effective_skip(self, skip: frozenset[int] | None) -> frozenset[int] | None:

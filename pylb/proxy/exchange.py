@@ -73,11 +73,20 @@ RETRY_TURNAROUND = 1.0  # HAProxy: min(timeout connect, 1 s) before retrying the
 _NO_FRAMING = ResponseFraming(False, True)
 
 
-def _flush(t: asyncio.Transport, out: list[bytes]) -> None:
-    """Write what `Exchange._on_events` gathered in one call (one syscall on uvloop)."""
+# Below this many bytes, what one server read produced is joined into one bytes object
+# and written with write(): one send(2) of one buffer instead of a writev(2) of several.
+# Above it the pieces go out with writelines(), so a body is never copied.
+JOIN_MAX = 4096
+
+
+def _flush(t: asyncio.Transport, out: list[bytes], size: int) -> None:
+    """Write what `Exchange._on_events` gathered in one call (one syscall on uvloop).
+    `size`: the bytes in `out`."""
     if out:
         if len(out) == 1:
             t.write(out[0])
+        elif size <= JOIN_MAX:
+            t.write(b"".join(out))
         else:
             t.writelines(out)
         out.clear()
@@ -262,7 +271,8 @@ class Exchange:
         self.last_srv = t_head
 
     # -- start: pick, queue, pool, connect ---------------------------------------------------
-    def start(self) -> None:
+    def start(self, now: float) -> None:
+        """Pick a server and send, from the client's read at `now` (the loop's time)."""
         fe = self.fe
         backend = fe.ctx.backend
         srv = backend.pick(fe.lb_key)
@@ -277,15 +287,18 @@ class Exchange:
             return
         srv.take()
         self._slot = srv
-        self._go(srv)
+        self._go(srv, now=now)
 
-    def _go(self, srv: Server, fresh: bool = False) -> None:
+    def _go(self, srv: Server, fresh: bool = False, now: float | None = None) -> None:
         """Send on `srv`, whose slot this exchange holds: a pooled connection, else a
-        connect attempt (which takes the slot over)."""
-        conn = None if fresh else pool.acquire(srv, self.fe.loop.time())
+        connect attempt (which takes the slot over). `now`: the loop's time if the
+        caller has it (one clock read per callback on the hot path)."""
+        if now is None:
+            now = self.fe.loop.time()
+        conn = None if fresh else pool.acquire(srv, now)
         if conn is not None:
             self.t_connect = 0.0
-            self._attach(conn)
+            self._attach(conn, now)
             return
         self._slot = None
         self._launch(_Attempt(srv), 0.0)
@@ -456,22 +469,26 @@ class Exchange:
         self.server = srv
         self._launch(att, delay)
 
-    def _attach(self, conn: UpstreamConn) -> None:
+    def _attach(self, conn: UpstreamConn, now: float | None = None) -> None:
         """Send the head (and what body arrived meanwhile) on a connected upstream."""
         self.up = conn
         conn.activate(self)
-        conn.reader.expect(self.req.method == b"HEAD")
+        conn.reader.expect(self.req.method == b"HEAD")  # (the only place that sets it)
         if conn.transport is None or conn.transport.is_closing():
             # The server closed (or spoke first) before we could send anything.
             self._server_failed("reset")
             return
         fe = self.fe
-        now = fe.loop.time()
+        if now is None:
+            now = fe.loop.time()
         self.t_sent = self.last_srv = now
         t = conn.transport
         assert t is not None
-        t.write(self.head)
-        self._count_in(len(self.head))
+        head = self.head
+        t.write(head)
+        n = len(head)
+        self.server.bytes_in += n  # type: ignore[union-attr]  # (_count_in, inlined)
+        fe.ctx.backend.bytes_in += n
         if fe.write_paused:
             conn.flow.pause_reading()
         pending = self.pending
@@ -599,14 +616,15 @@ class Exchange:
         self._on_events(events)
 
     def _on_events(self, events: list) -> None:
-        # hot path: what one read of the server produced (typically the response head, the
-        # body and its end) goes to the client in one writelines(), one writev(2): uvloop
-        # sends each write() at once when its buffer is empty, so the head and the body
-        # written apart cost two syscalls and two TCP segments per response (measured:
-        # 3 writes per request against HAProxy's 2). `out` is flushed before anything
-        # that may write, finish or close.
+        # hot path: what one server read produced (typically the response head, the
+        # body and its end) goes to the client in one write: uvloop sends each write() at
+        # once when its buffer is empty, so the head and the body written apart cost two
+        # syscalls and two TCP segments per response (measured: 3 writes per request
+        # against HAProxy's 2). `out` (and its byte count) is flushed before anything that
+        # may write, finish or close.
         t = self.fe.transport
         out: list[bytes] = []
+        size = 0
         last = len(events) - 1
         try:
             for i, ev in enumerate(events):
@@ -616,53 +634,63 @@ class Exchange:
                         out += (chunk_header(n), ev, _CRLF)
                     else:
                         out.append(ev)
-                    self._count_out(n)
+                    size += n
                 elif ev is END:
                     if self.upgrading:
                         continue
                     if self.status >= 200:
-                        _flush(t, out)
+                        self._count_out(size)
+                        _flush(t, out, size)
+                        size = 0
                         self._response_done(trailing=i < last)
                         return
                 elif type(ev) is Response:
-                    if not self._on_response(ev, out):
+                    n = self._on_response(ev, out)
+                    if n < 0:
                         return
+                    size += n
                 elif type(ev) is Upgraded:
-                    _flush(t, out)
+                    self._count_out(size)
+                    _flush(t, out, size)
+                    size = 0
                     self._start_tunnel(ev.rest)
                     return
         finally:
-            _flush(t, out)
+            if out:
+                self._count_out(size)
+                _flush(t, out, size)
 
     def _count_out(self, n: int) -> None:
         self.bytes_out += n
         self.server.bytes_out += n  # type: ignore[union-attr]
         self.fe.ctx.backend.bytes_out += n
 
-    def _on_response(self, resp: Response, out: list[bytes]) -> bool:
-        """Relay a response head: appended to `out` (see _on_events)."""
+    def _on_response(self, resp: Response, out: list[bytes]) -> int:
+        """Relay a response head: appended to `out` (see _on_events). Returns its size,
+        or -1 when the exchange failed (and `out` was flushed)."""
         fe = self.fe
         req = self.req
         if self.t_response < 0:
-            self.t_response = fe.loop.time()
+            self.t_response = self.last_srv  # read by upstream_data for this read
         st = resp.status
         if st < 200:
             if st == 101:
                 if req.upgrade is None:
-                    _flush(fe.transport, out)
+                    self._count_out(sum(map(len, out)))
+                    _flush(fe.transport, out, JOIN_MAX + 1)
                     self._server_failed("invalid")
-                    return False
+                    return -1
                 self.upgrading = True
                 self.status = 101
                 head = serialize_response_head(req, resp, _NO_FRAMING)
                 out.append(head)
-                self._count_out(len(head))
                 self.resp_head_sent = True
-            elif req.version == b"1.1":  # interim responses are relayed to HTTP/1.1 clients
+                return len(head)
+            if req.version == b"1.1":  # interim responses are relayed to HTTP/1.1 clients
                 head = serialize_response_head(req, resp, _NO_FRAMING)
                 out.append(head)
-                self._count_out(len(head))
-            return True
+                return len(head)
+            return 0
         self.status = st
         # Close the client connection after this response when we cannot tell where the
         # client's next request starts: its body is not fully read yet (an early answer,
@@ -674,9 +702,8 @@ class Exchange:
         self.framing = framing = response_framing(req, resp, up.reader.eof_body, closing)  # type: ignore[union-attr]
         head = serialize_response_head(req, resp, framing)
         out.append(head)
-        self._count_out(len(head))
         self.resp_head_sent = True
-        return True
+        return len(head)
 
     def _response_done(self, trailing: bool = False) -> None:
         """The response is complete. `trailing`: the server sent more after it (never
@@ -698,8 +725,7 @@ class Exchange:
                 and self.req_complete
                 and not fe.ctx.worker.draining
             ):
-                up.reader.expect(False)
-                pool.release(self.server, up, fe.loop.time(), fe.pool_expiry)  # type: ignore[arg-type]
+                pool.release(self.server, up, self.last_srv, fe.pool_expiry)  # type: ignore[arg-type]
             else:
                 up.close()
         # If the request body has not ended, the head said `Connection: close` (framing)

@@ -308,6 +308,23 @@ class HttpFrontend(asyncio.Protocol):
             q = self._queue
             if q:
                 q.extend(events)  # type: ignore[union-attr]  # a deque when not empty
+            elif (
+                len(events) == 2
+                and events[1] is END
+                and type(events[0]) is Request
+                and self.exch is None
+                and not self._running
+                and not (self.closing and self._requests)
+            ):
+                # hot path: one whole bodiless request in this read and nothing queued
+                # before it: what _run_queue would do, without a deque and its loop.
+                self._start(events[0], now)
+                ex = self.exch
+                if ex is not None:
+                    ex.request_end()
+                if self._pause & _P_QUEUED:
+                    self._set_pause(_P_QUEUED, False)
+                return
             else:
                 self._queue = deque(events)
             self._run_queue()
@@ -334,7 +351,7 @@ class HttpFrontend(asyncio.Protocol):
                     if ex is not None or (self.closing and self._requests):
                         break  # pipelined: wait for the current exchange to end
                     q.popleft()
-                    self._start(ev)
+                    self._start(ev, self.loop.time())
                 elif type(ev) is Upgraded:
                     q.popleft()
                     if ex is not None and not ex.done:
@@ -353,14 +370,14 @@ class HttpFrontend(asyncio.Protocol):
         elif self._pause & _P_QUEUED:
             self._set_pause(_P_QUEUED, False)
 
-    def _start(self, req: Request) -> None:
+    def _start(self, req: Request, now: float) -> None:
+        """Start the exchange of `req`, whose head was complete at `now`."""
         self._requests += 1
-        now = self.loop.time()
         ex = Exchange(self, req, self._head_start, now)
         self.exch = ex
         if self.ctx.worker.draining:
             self.closing = True
-        ex.start()
+        ex.start(now)
 
     def exchange_done(self, ex: Exchange, keep_alive: bool) -> None:
         """Called once by the exchange when its response is complete (or failed)."""

@@ -68,6 +68,37 @@ _CONN_TOKENS: dict[bytes, tuple[bytes, ...]] = {
 # Connection tokens that never need a pass over the kept headers: hop-by-hop names were
 # not kept in the first place, and protected ones are never removed.
 _NOT_DROPPED = HOP_BY_HOP | _PROTECTED
+# What the proxy does with a field it interprets (_Reader._special); everything else is
+# forwarded as it came.
+FIELD_HOP = 0  # hop-by-hop, dropped
+FIELD_CONNECTION = 1
+FIELD_CONTENT_LENGTH = 2
+FIELD_TRANSFER_ENCODING = 3
+FIELD_UPGRADE = 4
+FIELD_HOST = 5  # request side from here on
+FIELD_XFF = 6
+FIELD_EXPECT = 7
+FIELD_XFP = 8
+_HOP_FIELDS: dict[bytes, int] = {
+    b"connection": FIELD_CONNECTION,
+    b"keep-alive": FIELD_HOP,
+    b"proxy-connection": FIELD_HOP,
+    b"te": FIELD_HOP,
+    b"trailer": FIELD_HOP,
+    b"transfer-encoding": FIELD_TRANSFER_ENCODING,
+    b"upgrade": FIELD_UPGRADE,
+    b"content-length": FIELD_CONTENT_LENGTH,
+}
+assert set(_HOP_FIELDS) == HOP_BY_HOP
+_REQUEST_FIELDS: dict[bytes, int] = {
+    **_HOP_FIELDS,
+    b"host": FIELD_HOST,
+    b"x-forwarded-for": FIELD_XFF,
+    b"expect": FIELD_EXPECT,
+    b"x-forwarded-proto": FIELD_XFP,
+}
+_HOP_LENS = frozenset(len(n) for n in _HOP_FIELDS)
+_REQUEST_LENS = frozenset(len(n) for n in _REQUEST_FIELDS)
 # Shared empty placeholder between messages (an idle keep-alive connection keeps no
 # per-message list); never appended to: on_message_begin installs a fresh one.
 _NO_URL: list[bytes] = []
@@ -128,6 +159,7 @@ class Request:
         "upgrade",
         "version",
         "xff",
+        "xfp",
     )
 
     def __init__(self) -> None:
@@ -142,6 +174,7 @@ class Request:
         self.expect_continue = False
         self.host: bytes | None = None
         self.xff: bytes | None = None  # incoming X-Forwarded-For, joined
+        self.xfp = False  # an X-Forwarded-Proto field is among `headers`
 
     @property
     def has_body(self) -> bool:
@@ -208,14 +241,18 @@ class _Reader:
     """Shared part of both directions: callbacks -> events, head accounting, limits."""
 
     __slots__ = (
+        "_cl",
         "_error",
         "_events",
-        "_hdrs",
+        "_feed_len",
         "_head",
         "_head_bytes",
-        "_knames",
+        "_kept",
+        "_nspecial",
         "_parser",
+        "_special_bytes",
         "_te",
+        "_tokens",
         "_upgrade",
         "in_head",
         "in_message",
@@ -229,28 +266,64 @@ class _Reader:
         self._events: list = []
         self._error: ProxyProtocolError | None = None
         self._head: Request | Response | None = None
-        self._hdrs: list[tuple[bytes, bytes]] = []  # the headers of the head being parsed
-        self._knames: list[bytes] = []  # lower-cased names of what _scan_headers kept
+        self._kept: list[tuple[bytes, bytes]] = []  # end-to-end fields of the head being parsed
+        self._nspecial = 0  # fields handed to _special, and their bytes
+        self._special_bytes = 0
+        # Head size accounting without a sum per field (see _check_head): the bytes of
+        # this head in earlier reads, and the length of the read being parsed.
         self._head_bytes = 0
+        self._feed_len = 0
+        self._cl: bytes | None = None
         self._te: list[bytes] = []
+        self._tokens: list[bytes] | None = None  # Connection tokens
         self._upgrade: bytes | None = None
         self.in_head = False  # between the first byte of a head and its end
         self.in_message = False  # between the first byte and the end of a message
         self.keep_alive = True  # of the last message head
         self.stopped = False  # after an upgrade / `Connection: close`: no more parsing
 
+    def _begin_head(self) -> None:
+        self.in_head = True
+        self.in_message = True
+        self._head_bytes = 0
+        self._nspecial = 0
+        self._special_bytes = 0
+        if self._kept:
+            self._kept = []
+        self._cl = None
+        self._tokens = None
+        self._upgrade = None
+        if self._te:
+            self._te = []
+
     # -- httptools callbacks -------------------------------------------------------------
-    # hot path: these run once per header of every message on both sides (measured: the
-    # callbacks, not llhttp, are most of the parse time), so each does as little as it can.
-    def on_header(self, name: bytes, value: bytes) -> None:
-        n = self._head_bytes + len(name) + len(value) + 4
-        self._head_bytes = n
-        h = self._hdrs
-        h.append((name, value))
-        if len(h) > MAX_HEADERS:
-            self._fail("too many header fields", 431)
-        if n > MAX_HEAD_SIZE:
-            self._fail("head too large", 431)
+    # hot path: on_header (one per subclass, with its own table) runs once per field of
+    # every message on both sides (measured: the callbacks, not llhttp, are most of the
+    # parse time). It sorts each field as it comes: an ordinary field is one length test
+    # and one append; only names of a special length are lower-cased and looked up
+    # (FIELD_*). The limits are checked once per head and once per read (_check_head),
+    # not per field: what llhttp hands us is bounded by the read anyway.
+
+    def _special(self, kind: int, name: bytes, value: bytes) -> None:
+        """A field the proxy interprets (framing, hop-by-hop, and per side)."""
+        self._nspecial += 1
+        self._special_bytes += len(name) + len(value) + 4
+        if kind == FIELD_CONNECTION:
+            v = value.strip().lower()
+            t = _CONN_TOKENS.get(v)
+            tokens = self._tokens
+            if tokens is None:
+                tokens = self._tokens = []
+            tokens.extend(_TOKEN_SPLIT.split(v) if t is None else t)
+        elif kind == FIELD_CONTENT_LENGTH:
+            if self._cl is not None:  # llhttp refuses this already; keep the rule local
+                self._fail("duplicate Content-Length")
+            self._cl = value.strip()
+        elif kind == FIELD_TRANSFER_ENCODING:
+            self._te.extend(_TOKEN_SPLIT.split(value.strip().lower()))
+        elif kind == FIELD_UPGRADE:
+            self._upgrade = value
+        # FIELD_HOP: another hop-by-hop field, not forwarded
 
     def on_body(self, body: bytes) -> None:
         self._events.append(body)
@@ -264,80 +337,147 @@ class _Reader:
         self._error = _mkerr(self._err, msg, status)
         raise self._error
 
-    def _scan_headers(self, head: Request | Response) -> list[tuple[bytes, bytes]]:
-        """Split hop-by-hop from end-to-end headers; fill framing fields of `head`.
-        The lower-cased names of the kept headers are left in `_knames`."""
-        kept: list[tuple[bytes, bytes]] = []
-        knames: list[bytes] = []
-        te: list[bytes] = []
-        tokens: list[bytes] | None = None
-        cl: bytes | None = None
-        self._upgrade = None
-        for item in head.headers:
-            lname = item[0].lower()
-            if lname in HOP_BY_HOP:
-                if lname == b"connection":
-                    v = item[1].strip().lower()
-                    t = _CONN_TOKENS.get(v)
-                    if tokens is None:
-                        tokens = []
-                    tokens.extend(_TOKEN_SPLIT.split(v) if t is None else t)
-                elif lname == b"transfer-encoding":
-                    te.extend(_TOKEN_SPLIT.split(item[1].strip().lower()))
-                elif lname == b"content-length":
-                    if cl is not None:  # llhttp refuses this already; keep the rule local
-                        self._fail("duplicate Content-Length")
-                    cl = item[1].strip()
-                elif lname == b"upgrade":
-                    self._upgrade = item[1]
-            else:
-                kept.append(item)
-                knames.append(lname)
+    def _line_bytes(self) -> int:
+        """The first line's parts seen so far (target / reason)."""
+        return 0
+
+    def _fields_size(self) -> int:
+        """The exact size of the head parsed so far (the field being parsed aside)."""
+        n = self._line_bytes() + self._special_bytes
+        for name, value in self._kept:
+            n += len(name) + len(value) + 4
+        return n
+
+    def _check_head(self) -> None:
+        """MAX_HEADERS and MAX_HEAD_SIZE for a head that ends in this read. The head is
+        no larger than its earlier reads plus this one: only a read larger than the
+        limit costs an exact sum."""
+        if len(self._kept) + self._nspecial > MAX_HEADERS:
+            self._fail("too many header fields", 431)
+        if (
+            self._head_bytes + self._feed_len > MAX_HEAD_SIZE
+            and self._fields_size() > MAX_HEAD_SIZE
+        ):
+            self._fail("head too large", 431)
+
+    def _check_partial(self, data_len: int, was_in_head: bool) -> None:
+        """After a read that left a head incomplete: bound what httptools buffers for
+        us (a head sent slowly, or too large). Raises the side's error."""
+        if was_in_head:
+            n = self._head_bytes + data_len  # all of this read is head
+        else:
+            n = data_len  # the head began in this read, maybe after a previous message
+            if n > MAX_HEAD_SIZE:
+                n = self._fields_size()  # exact, but for the field being parsed
+        if n > MAX_HEAD_SIZE or len(self._kept) + self._nspecial > MAX_HEADERS:
+            self.stopped = True
+            self._events = []
+            self._error = _mkerr(self._err, "head too large", 431)
+            raise self._error
+        self._head_bytes = n
+
+    def _check_trailers(self) -> None:
+        """Trailer fields (after a chunked body) are collected in `_kept` and dropped;
+        they count against the same limits."""
+        kept = self._kept
+        if len(kept) > MAX_HEADERS or sum(len(a) + len(b) + 4 for a, b in kept) > MAX_HEAD_SIZE:
+            self.stopped = True
+            self._events = []
+            self._error = _mkerr(self._err, "trailer section too large", 431)
+            raise self._error
+
+    def _end_head(self, head: Request | Response) -> list[tuple[bytes, bytes]]:
+        """Framing fields of `head` from what on_header sorted; returns the end-to-end
+        fields with those named by `Connection` removed (the lower-cased dropped names
+        are returned by `_dropped()` for the request side)."""
+        te = self._te
+        cl = self._cl
         if te:
             if cl is not None:
                 self._fail("both Content-Length and Transfer-Encoding")
             head.chunked = te[-1] == b"chunked"
         elif cl is not None:
             head.content_length = _parse_cl(cl, self._err)
+        kept = self._kept
+        self._kept = []  # trailers are collected here, counted (_check_trailers), dropped
+        tokens = self._tokens
         if tokens:
             # hop-by-hop names are not in `kept` already: only other names need a pass
             drop = {t for t in tokens if t and t not in _NOT_DROPPED}
             if drop:
-                pairs = [(h, n) for h, n in zip(kept, knames, strict=True) if n not in drop]
-                kept = [h for h, _ in pairs]
-                knames = [n for _, n in pairs]
-        self._te = te
-        self._knames = knames
+                kept = [h for h in kept if h[0].lower() not in drop]
         return kept
+
+    def _dropped(self) -> frozenset[bytes]:
+        tokens = self._tokens
+        if not tokens:
+            return frozenset()
+        return frozenset(t for t in tokens if t and t not in _NOT_DROPPED)
 
 
 class RequestReader(_Reader):
     """The client side: parses requests, validates them, yields events."""
 
-    __slots__ = ("_url",)
+    __slots__ = ("_hosts", "_url", "_xff")
     _err = ClientProtocolError
 
     def __init__(self) -> None:
         super().__init__()
         self._url: list[bytes] = []
+        self._hosts = 0
+        self._xff: list[bytes] | None = None
         self._parser = httptools.HttpRequestParser(self)
 
     def on_message_begin(self) -> None:
-        self.in_head = True
-        self.in_message = True
-        self._head_bytes = 0
-        head = self._head = Request()
-        self._hdrs = head.headers
+        self._begin_head()
+        self._head = Request()
         self._url = []
+        self._hosts = 0
+        self._xff = None
 
     def on_url(self, url: bytes) -> None:
-        self._url.append(url)
-        self._head_bytes += len(url)
-        if self._head_bytes > MAX_HEAD_SIZE:
-            self._fail("request line too long", 431)
+        self._url.append(url)  # its size counts in _check_head / _check_partial
+
+    def _line_bytes(self) -> int:
+        return sum(map(len, self._url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:  # hot path, see _Reader
+        if len(name) in _REQUEST_LENS:
+            kind = _REQUEST_FIELDS.get(name.lower())
+            if kind is not None:
+                if self.in_head:  # else a trailer (llhttp reports them as headers)
+                    self._special(kind, name, value)
+                return
+        self._kept.append((name, value))  # after the head: a trailer, dropped
+
+    def _special(self, kind: int, name: bytes, value: bytes) -> None:
+        if kind < FIELD_HOST:
+            _Reader._special(self, kind, name, value)
+            return
+        req: Request = self._head  # type: ignore[assignment]
+        if kind == FIELD_HOST:
+            self._hosts += 1
+            req.host = value
+            self._kept.append((name, value))
+        elif kind == FIELD_XFF:  # joined into one, sent after ours (serialize_request_head)
+            self._nspecial += 1
+            self._special_bytes += len(name) + len(value) + 4
+            xff = self._xff
+            if xff is None:
+                self._xff = [value]
+            else:
+                xff.append(value)
+        elif kind == FIELD_EXPECT:
+            if value.strip().lower() == b"100-continue":
+                req.expect_continue = True
+            self._kept.append((name, value))
+        else:  # FIELD_XFP: replaced by ours with `forwardfor`
+            req.xfp = True
+            self._kept.append((name, value))
 
     def on_headers_complete(self) -> None:
         self.in_head = False
+        self._check_head()
         req: Request = self._head  # type: ignore[assignment]
         self._head = None  # the exchange holds it; an idle connection need not
         p = self._parser
@@ -355,7 +495,7 @@ class RequestReader(_Reader):
         if req.method == b"CONNECT":
             self._fail("CONNECT is not supported", 501)
         req.keep_alive = self.keep_alive = p.should_keep_alive()
-        kept = self._scan_headers(req)
+        req.headers = self._end_head(req)
         te = self._te
         if te:
             if req.version == b"1.0":
@@ -364,34 +504,26 @@ class RequestReader(_Reader):
                 # llhttp refuses a request whose last coding is not chunked; we also refuse
                 # any other coding before it: the servers behind us would not all agree.
                 self._fail("unsupported Transfer-Encoding", 501)
-        hosts = 0
-        xff: list[bytes] | None = None
-        fwd: list[tuple[bytes, bytes]] = []
-        for item, lname in zip(kept, self._knames, strict=True):
-            if lname == b"host":
-                hosts += 1
-                req.host = item[1]
-                fwd.append(item)
-            elif lname == b"x-forwarded-for":
-                if xff is None:
-                    xff = []
-                xff.append(item[1])
-            elif lname == b"expect":
-                if item[1].strip().lower() == b"100-continue":
-                    req.expect_continue = True
-                fwd.append(item)
-            else:
-                fwd.append(item)
+        hosts = self._hosts
         if hosts > 1:
             self._fail("more than one Host header")
         if hosts == 0 and req.version == b"1.1":
             self._fail("missing Host header")
+        xff = self._xff
+        if self._tokens:
+            dropped = self._dropped()  # `Connection: x-forwarded-for` etc.
+            if dropped:
+                if b"x-forwarded-for" in dropped:
+                    xff = None
+                if b"expect" in dropped:
+                    req.expect_continue = False
+                if b"x-forwarded-proto" in dropped:
+                    req.xfp = False
+        self._xff = None
         if xff:
             req.xff = b", ".join(xff)
         if self._upgrade is not None and p.should_upgrade():
             req.upgrade = self._upgrade
-        req.headers = fwd
-        self._hdrs = []  # trailers (llhttp reports them as headers) are counted and dropped
         self._events.append(req)
 
     def on_message_complete(self) -> None:
@@ -404,6 +536,7 @@ class RequestReader(_Reader):
         if self.stopped:
             return []
         was_in_head = self.in_head
+        self._feed_len = len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -423,13 +556,9 @@ class RequestReader(_Reader):
                 raise self._error from None
             raise ClientProtocolError(str(exc) or "invalid request") from None
         if self.in_head:
-            # A head still incomplete after this read: bound what httptools buffers for us.
-            if was_in_head:
-                self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD_SIZE:
-                self.stopped = True
-                self._events = []
-                raise ClientProtocolError("head too large", 431)
+            self._check_partial(len(data), was_in_head)
+        elif self._kept:  # trailer fields
+            self._check_trailers()
         ev = self._events
         self._events = []
         return ev
@@ -459,19 +588,29 @@ class ResponseReader(_Reader):
         self.head_clean = True
 
     def on_message_begin(self) -> None:
-        self.in_head = True
-        self.in_message = True
-        self._head_bytes = 0
-        head = self._head = Response()
-        self._hdrs = head.headers
+        self._begin_head()
+        self._head = Response()
         self.eof_body = False
 
     def on_status(self, reason: bytes) -> None:
-        self._head_bytes += len(reason)
         self._head.reason += reason  # type: ignore[union-attr]
+
+    def _line_bytes(self) -> int:
+        head = self._head
+        return 0 if head is None else len(head.reason)
+
+    def on_header(self, name: bytes, value: bytes) -> None:  # hot path, see _Reader
+        if len(name) in _HOP_LENS:
+            kind = _HOP_FIELDS.get(name.lower())
+            if kind is not None:
+                if self.in_head:  # else a trailer (llhttp reports them as headers)
+                    self._special(kind, name, value)
+                return
+        self._kept.append((name, value))  # after the head: a trailer, dropped
 
     def on_headers_complete(self) -> None:
         self.in_head = False
+        self._check_head()
         resp: Response = self._head  # type: ignore[assignment]
         p = self._parser
         resp.status = p.get_status_code()
@@ -483,8 +622,7 @@ class ResponseReader(_Reader):
         else:
             self._fail(f"unsupported HTTP version {version}")
         resp.keep_alive = self.keep_alive = p.should_keep_alive()
-        resp.headers = self._scan_headers(resp)
-        self._hdrs = []  # trailers (llhttp reports them as headers) are counted and dropped
+        resp.headers = self._end_head(resp)
         resp.upgrade = self._upgrade
         st = resp.status
         if self._head_only or st < 200 or st in NO_BODY_STATUS:
@@ -505,6 +643,7 @@ class ResponseReader(_Reader):
         if self.stopped:
             return []
         was_in_head = self.in_head
+        self._feed_len = len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -534,12 +673,9 @@ class ResponseReader(_Reader):
                 raise self._error from None
             raise UpstreamProtocolError(str(exc) or "invalid response") from None
         if self.in_head:
-            if was_in_head:
-                self._head_bytes += len(data)
-            if self._head_bytes > MAX_HEAD_SIZE:
-                self.stopped = True
-                self._events = []
-                raise UpstreamProtocolError("response head too large")
+            self._check_partial(len(data), was_in_head)
+        elif self._kept:  # trailer fields
+            self._check_trailers()
         ev = self._events
         self._events = []
         return ev
@@ -569,8 +705,12 @@ def serialize_request_head(
     Connection header, and X-Forwarded-For/Proto when `forwardfor`."""
     parts = [req.method, b" ", req.target, b" HTTP/", req.version, _CRLF]
     if forwardfor:
-        for name, value in req.headers:
-            if name.lower() != b"x-forwarded-proto":
+        if req.xfp:  # replaced by ours
+            for name, value in req.headers:
+                if name.lower() != b"x-forwarded-proto":
+                    parts += (name, b": ", value, _CRLF)
+        else:
+            for name, value in req.headers:
                 parts += (name, b": ", value, _CRLF)
         if client_ip is not None:
             if req.xff:
@@ -604,23 +744,31 @@ class ResponseFraming:
         self.chunk = chunk  # re-chunk the body (server sent chunked or close-delimited)
         self.keep_alive = keep_alive
 
+    def __repr__(self) -> str:
+        return f"ResponseFraming(chunk={self.chunk}, keep_alive={self.keep_alive})"
+
+
+# The four framings, shared (never mutated): no object per response on the hot path.
+_FRAMINGS = {(c, k): ResponseFraming(c, k) for c in (False, True) for k in (False, True)}
+
 
 def response_framing(
     req: Request, resp: Response, eof_body: bool, closing: bool
 ) -> ResponseFraming:
-    """Decide the client-side framing of `resp` to `req`.
+    """Decide the client-side framing of `resp` to `req` (a shared instance).
 
     `closing`: the proxy wants to close the client connection after this response
     (shutdown, request body not fully read, declined upgrade ...).
     """
-    keep_alive = req.keep_alive and not closing
-    if req.method == b"HEAD" or resp.status < 200 or resp.status in NO_BODY_STATUS:
-        return ResponseFraming(False, keep_alive)
+    keep_alive = bool(req.keep_alive and not closing)
+    st = resp.status
+    if st < 200 or st in NO_BODY_STATUS or req.method == b"HEAD":
+        return _FRAMINGS[False, keep_alive]
     if resp.chunked or eof_body:
         if req.version == b"1.1":
-            return ResponseFraming(True, keep_alive)
-        return ResponseFraming(False, False)  # HTTP/1.0 client: the close delimits the body
-    return ResponseFraming(False, keep_alive)
+            return _FRAMINGS[True, keep_alive]
+        return _FRAMINGS[False, False]  # HTTP/1.0 client: the close delimits the body
+    return _FRAMINGS[False, keep_alive]
 
 
 def serialize_response_head(req: Request, resp: Response, framing: ResponseFraming) -> bytes:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pylb.config.model import Listen
+from pylb.proxy.upstream import IDLE
 
 if TYPE_CHECKING:
     from pylb.proxy.backend import Server
@@ -53,7 +54,8 @@ def acquire(server: Server, now: float) -> UpstreamConn | None:
     idle = server.idle
     while idle:
         conn = idle.pop()
-        if conn.is_idle() and not conn.has_expired(now):
+        # hot path: is_idle() and not has_expired(now), without two method calls
+        if conn.state is IDLE and now < conn.expire_at:
             return conn
         conn.close()
     return None
