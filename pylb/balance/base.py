@@ -159,12 +159,6 @@ class Balancer:
         one group member is not in `skip`."""
         raise NotImplementedError
 
-    def on_take(self, server: Candidate) -> None:
-        """A session started on `server` (after pick succeeded and a connection is used)."""
-
-    def on_drop(self, server: Candidate) -> None:
-        """A session on `server` ended."""
-
     def __repr__(self) -> str:
         names = ",".join(s.name for s in self._group)
         extra = " backups" if self._using_backups else ""

@@ -107,11 +107,9 @@ class Server:
         self.total_conns += 1
         if self.cur_conns > self.max_conns:
             self.max_conns = self.cur_conns
-        self.backend.balancer.on_take(self)
 
     def drop(self) -> None:
         self.cur_conns -= 1
-        self.backend.balancer.on_drop(self)
         q = self.backend.queue
         if q.count:  # a slot freed: the head of the backend's queue takes it
             q.dispatch(self)

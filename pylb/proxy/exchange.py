@@ -237,7 +237,7 @@ class Exchange:
         self.pending_bytes = 0
         # Body bytes sent so far, kept for a replay (idempotent methods, <= REPLAY_MAX).
         self.replay: list[bytes] | None = None
-        if req.has_body and req.method in IDEMPOTENT_METHODS:
+        if (req.chunked or req.content_length) and req.method in IDEMPOTENT_METHODS:
             cl = req.content_length
             if cl is None or cl <= REPLAY_MAX:
                 self.replay = []
@@ -541,7 +541,8 @@ class Exchange:
             return
         up = self.up
         if up is not None and up.state is ACTIVE:
-            self._send_end()
+            if self.req.chunked:
+                self._send_end()
         else:
             self.pending.append(END)
         if self.resp_done:

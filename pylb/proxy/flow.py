@@ -19,27 +19,24 @@ LOW_WATER = 16 * 1024
 class FlowControl:
     """Pauses reading on `source` while the opposite side cannot take more."""
 
-    __slots__ = ("_reading_paused", "source")
+    __slots__ = ("reading_paused", "source")
 
     def __init__(self, source: asyncio.Transport | None) -> None:
         self.source = source
-        self._reading_paused = False
+        # A plain attribute, not a property: read on the hot path (read-only for callers).
+        self.reading_paused = False
 
     def pause_reading(self) -> None:
-        if not self._reading_paused and self.source is not None:
-            self._reading_paused = True
+        if not self.reading_paused and self.source is not None:
+            self.reading_paused = True
             if not self.source.is_closing():
                 self.source.pause_reading()
 
     def resume_reading(self) -> None:
-        if self._reading_paused and self.source is not None:
-            self._reading_paused = False
+        if self.reading_paused and self.source is not None:
+            self.reading_paused = False
             if not self.source.is_closing():
                 self.source.resume_reading()
-
-    @property
-    def reading_paused(self) -> bool:
-        return self._reading_paused
 
 
 def set_water_marks(transport: asyncio.WriteTransport) -> None:

@@ -68,6 +68,10 @@ _CONN_TOKENS: dict[bytes, tuple[bytes, ...]] = {
 # Connection tokens that never need a pass over the kept headers: hop-by-hop names were
 # not kept in the first place, and protected ones are never removed.
 _NOT_DROPPED = HOP_BY_HOP | _PROTECTED
+# What each common Connection value asks to remove besides hop-by-hop fields.
+_CONN_DROPS: dict[bytes, tuple[bytes, ...]] = {
+    v: tuple(t for t in ts if t not in _NOT_DROPPED) for v, ts in _CONN_TOKENS.items()
+}
 # What the proxy does with a field it interprets (_Reader._special); everything else is
 # forwarded as it came.
 FIELD_HOP = 0  # hop-by-hop, dropped
@@ -225,12 +229,6 @@ class _Stop(Exception):
     """Raised inside a callback to stop llhttp (HEAD response head complete)."""
 
 
-def _parse_cl(value: bytes, err: type[ProxyProtocolError]) -> int:
-    if not _CL_RE.match(value):
-        raise _mkerr(err, "invalid Content-Length")
-    return int(value)
-
-
 def _mkerr(err: type[ProxyProtocolError], msg: str, status: int = 400) -> ProxyProtocolError:
     if err is ClientProtocolError:
         return ClientProtocolError(msg, status)
@@ -275,7 +273,7 @@ class _Reader:
         self._feed_len = 0
         self._cl: bytes | None = None
         self._te: list[bytes] = []
-        self._tokens: list[bytes] | None = None  # Connection tokens
+        self._tokens: list[bytes] | None = None  # Connection tokens naming fields to drop
         self._upgrade: bytes | None = None
         self.in_head = False  # between the first byte of a head and its end
         self.in_message = False  # between the first byte and the end of a message
@@ -311,10 +309,18 @@ class _Reader:
         if kind == FIELD_CONNECTION:
             v = value.strip().lower()
             t = _CONN_TOKENS.get(v)
-            tokens = self._tokens
-            if tokens is None:
-                tokens = self._tokens = []
-            tokens.extend(_TOKEN_SPLIT.split(v) if t is None else t)
+            # only tokens naming a field to remove are kept (see _end_head)
+            drop = (
+                [x for x in _TOKEN_SPLIT.split(v) if x and x not in _NOT_DROPPED]
+                if t is None
+                else _CONN_DROPS[v]
+            )
+            if drop:
+                tokens = self._tokens
+                if tokens is None:
+                    self._tokens = list(drop)
+                else:
+                    tokens.extend(drop)
         elif kind == FIELD_CONTENT_LENGTH:
             if self._cl is not None:  # llhttp refuses this already; keep the rule local
                 self._fail("duplicate Content-Length")
@@ -388,8 +394,7 @@ class _Reader:
 
     def _end_head(self, head: Request | Response) -> list[tuple[bytes, bytes]]:
         """Framing fields of `head` from what on_header sorted; returns the end-to-end
-        fields with those named by `Connection` removed (the lower-cased dropped names
-        are returned by `_dropped()` for the request side)."""
+        fields with those named by `Connection` removed (`_tokens`, lower-cased)."""
         te = self._te
         cl = self._cl
         if te:
@@ -397,22 +402,16 @@ class _Reader:
                 self._fail("both Content-Length and Transfer-Encoding")
             head.chunked = te[-1] == b"chunked"
         elif cl is not None:
-            head.content_length = _parse_cl(cl, self._err)
+            if not _CL_RE.match(cl):  # never a bare int() on a framing number
+                self._fail("invalid Content-Length")
+            head.content_length = int(cl)
         kept = self._kept
         self._kept = []  # trailers are collected here, counted (_check_trailers), dropped
         tokens = self._tokens
-        if tokens:
-            # hop-by-hop names are not in `kept` already: only other names need a pass
-            drop = {t for t in tokens if t and t not in _NOT_DROPPED}
-            if drop:
-                kept = [h for h in kept if h[0].lower() not in drop]
+        if tokens:  # the names a Connection field asks to remove (never hop-by-hop ones)
+            drop = set(tokens)
+            kept = [h for h in kept if h[0].lower() not in drop]
         return kept
-
-    def _dropped(self) -> frozenset[bytes]:
-        tokens = self._tokens
-        if not tokens:
-            return frozenset()
-        return frozenset(t for t in tokens if t and t not in _NOT_DROPPED)
 
 
 class RequestReader(_Reader):
@@ -477,7 +476,11 @@ class RequestReader(_Reader):
 
     def on_headers_complete(self) -> None:
         self.in_head = False
-        self._check_head()
+        if (
+            len(self._kept) + self._nspecial > MAX_HEADERS
+            or self._head_bytes + self._feed_len > MAX_HEAD_SIZE
+        ):
+            self._check_head()  # (the common case decided here without a call)
         req: Request = self._head  # type: ignore[assignment]
         self._head = None  # the exchange holds it; an idle connection need not
         p = self._parser
@@ -510,15 +513,14 @@ class RequestReader(_Reader):
         if hosts == 0 and req.version == b"1.1":
             self._fail("missing Host header")
         xff = self._xff
-        if self._tokens:
-            dropped = self._dropped()  # `Connection: x-forwarded-for` etc.
-            if dropped:
-                if b"x-forwarded-for" in dropped:
-                    xff = None
-                if b"expect" in dropped:
-                    req.expect_continue = False
-                if b"x-forwarded-proto" in dropped:
-                    req.xfp = False
+        dropped = self._tokens  # `Connection: x-forwarded-for` etc.
+        if dropped:
+            if b"x-forwarded-for" in dropped:
+                xff = None
+            if b"expect" in dropped:
+                req.expect_continue = False
+            if b"x-forwarded-proto" in dropped:
+                req.xfp = False
         self._xff = None
         if xff:
             req.xff = b", ".join(xff)
@@ -527,7 +529,8 @@ class RequestReader(_Reader):
         self._events.append(req)
 
     def on_message_complete(self) -> None:
-        _Reader.on_message_complete(self)
+        self.in_message = False
+        self._events.append(END)
         if not self.keep_alive:
             self.stopped = True
 
@@ -610,7 +613,11 @@ class ResponseReader(_Reader):
 
     def on_headers_complete(self) -> None:
         self.in_head = False
-        self._check_head()
+        if (
+            len(self._kept) + self._nspecial > MAX_HEADERS
+            or self._head_bytes + self._feed_len > MAX_HEAD_SIZE
+        ):
+            self._check_head()  # (the common case decided here without a call)
         resp: Response = self._head  # type: ignore[assignment]
         p = self._parser
         resp.status = p.get_status_code()
@@ -773,7 +780,7 @@ def response_framing(
 
 def serialize_response_head(req: Request, resp: Response, framing: ResponseFraming) -> bytes:
     """The head we send to the client (one transport.write per response head)."""
-    parts = [status_line(resp.status, resp.reason)]
+    parts = [STATUS_LINES.get(resp.status) or status_line(resp.status, resp.reason)]
     for name, value in resp.headers:
         parts += (name, b": ", value, _CRLF)
     st = resp.status

@@ -90,7 +90,9 @@ class UpstreamConn(asyncio.Protocol):
         self.state = IDLE
         self.owner = None
         self.expire_at = expire_at
-        self.flow.resume_reading()  # idle: we must see an EOF from the server at once
+        flow = self.flow
+        if flow.reading_paused:
+            flow.resume_reading()  # idle: we must see an EOF from the server at once
         if self._timer is None:
             self._timer = self.loop.call_at(expire_at, self._on_timer)
 
