@@ -125,11 +125,15 @@ def observe_connect_failure(server: Server, err: ConnectError) -> None:
 class _ServerSide(asyncio.Protocol):
     """The server connection's protocol: forwards every event to its session."""
 
-    __slots__ = ("session", "transport")
+    __slots__ = ("data_received", "session", "transport")
 
     def __init__(self, session: TcpFrontend) -> None:
         self.session = session
         self.transport: asyncio.Transport | None = None
+        # hot path: the session's handler itself is this protocol's data_received, so
+        # the loop calls it without a forwarding frame (uvloop fetches the bound method
+        # once, when the transport is made; asyncio looks it up on the instance).
+        self.data_received = session._server_data
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -138,9 +142,6 @@ class _ServerSide(asyncio.Protocol):
             # The session ended (client gone, abort()) or moved to another server
             # (server_gone) while this connect completed.
             transport.abort()  # type: ignore[attr-defined]
-
-    def data_received(self, data: bytes) -> None:
-        self.session._server_data(data)
 
     def eof_received(self) -> bool:
         return self.session._server_eof()
