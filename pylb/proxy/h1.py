@@ -259,6 +259,7 @@ class _Reader:
     )
 
     _err: type[ProxyProtocolError] = ClientProtocolError
+    _INVALID = "invalid request"  # the error's text when llhttp gives none
 
     def __init__(self) -> None:
         self._events: list = []
@@ -337,6 +338,39 @@ class _Reader:
     def on_message_complete(self) -> None:
         self.in_message = False
         self._events.append(END)
+
+    # -- bytes in ----------------------------------------------------------------------------
+    def feed(self, data: bytes) -> list:
+        """Parse `data`; return the events. Raises the side's ProxyProtocolError
+        (ClientProtocolError with the status to answer, or UpstreamProtocolError)."""
+        if self.stopped:
+            return []
+        was_in_head = self.in_head
+        self._feed_len = len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._events.append(Upgraded(data[exc.args[0] :]))
+            self.stopped = True
+        except httptools.HttpParserError as exc:
+            if self._error is not None or not self._recover(exc, data):
+                self._events = []
+                self.stopped = True
+                if self._error is not None:  # raised by one of our callbacks
+                    raise self._error from None
+                raise _mkerr(self._err, str(exc) or self._INVALID) from None
+        if self.in_head:
+            self._check_partial(len(data), was_in_head)
+        elif self._kept:  # trailer fields
+            self._check_trailers()
+        ev = self._events
+        self._events = []
+        return ev
+
+    def _recover(self, exc: httptools.HttpParserError, data: bytes) -> bool:
+        """After an llhttp error that is not ours: may parsing go on (this side's
+        exceptions to "stop at the first error")? Events gathered so far are kept."""
+        return False
 
     # -- helpers ---------------------------------------------------------------------------
     def _fail(self, msg: str, status: int = 400) -> None:
@@ -534,37 +568,10 @@ class RequestReader(_Reader):
         if not self.keep_alive:
             self.stopped = True
 
-    def feed(self, data: bytes) -> list:
-        """Parse `data`; return the events. Raises ClientProtocolError."""
-        if self.stopped:
-            return []
-        was_in_head = self.in_head
-        self._feed_len = len(data)
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            off = exc.args[0]
-            self._events.append(Upgraded(data[off:]))
-            self.stopped = True
-        except httptools.HttpParserError as exc:
-            if self.stopped and self._error is None and not self.in_message:
-                # llhttp refuses bytes after a `Connection: close` request; the request
-                # itself is fine and is answered, what follows is ignored.
-                ev = self._events
-                self._events = []
-                return ev
-            self._events = []
-            self.stopped = True
-            if self._error is not None:
-                raise self._error from None
-            raise ClientProtocolError(str(exc) or "invalid request") from None
-        if self.in_head:
-            self._check_partial(len(data), was_in_head)
-        elif self._kept:  # trailer fields
-            self._check_trailers()
-        ev = self._events
-        self._events = []
-        return ev
+    def _recover(self, exc: httptools.HttpParserError, data: bytes) -> bool:
+        # llhttp refuses bytes after a `Connection: close` request; the request itself
+        # is fine and is answered, what follows is ignored.
+        return self.stopped and not self.in_message
 
     def resume(self, data: bytes) -> list:
         """Continue parsing after an Upgrade request the server declined."""
@@ -577,6 +584,7 @@ class ResponseReader(_Reader):
 
     __slots__ = ("_head_only", "eof_body", "head_clean")
     _err = UpstreamProtocolError
+    _INVALID = "invalid response"
 
     def __init__(self) -> None:
         super().__init__()
@@ -645,47 +653,20 @@ class ResponseReader(_Reader):
             self._events.append(END)
             raise _Stop
 
-    def feed(self, data: bytes) -> list:
-        """Parse `data`; return the events. Raises UpstreamProtocolError."""
-        if self.stopped:
-            return []
-        was_in_head = self.in_head
-        self._feed_len = len(data)
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            off = exc.args[0]
-            self._events.append(Upgraded(data[off:]))
+    def _recover(self, exc: httptools.HttpParserError, data: bytes) -> bool:
+        if not isinstance(exc.__context__, _Stop):
+            return False
+        # The head of a HEAD response is complete (on_headers_complete stopped llhttp):
+        # a fresh parser for the next response.
+        self._parser = httptools.HttpResponseParser(self)
+        self._head_only = False
+        # Nothing may follow a HEAD response; if something did, the connection's framing
+        # is unknown from here on and it must not be reused.
+        self.head_clean = data.endswith(b"\r\n\r\n")
+        if not self.head_clean:
+            self.keep_alive = False
             self.stopped = True
-        except httptools.HttpParserCallbackError as exc:
-            if self._error is not None:
-                self._events = []
-                self.stopped = True
-                raise self._error from None
-            if isinstance(exc.__context__, _Stop):
-                self._parser = httptools.HttpResponseParser(self)
-                self._head_only = False
-                # Nothing may follow a HEAD response; if something did, the connection's
-                # framing is unknown from here on and it must not be reused.
-                self.head_clean = data.endswith(b"\r\n\r\n")
-                if not self.head_clean:
-                    self.keep_alive = False
-                    self.stopped = True
-            else:
-                raise UpstreamProtocolError(str(exc)) from None
-        except httptools.HttpParserError as exc:
-            self._events = []
-            self.stopped = True
-            if self._error is not None:
-                raise self._error from None
-            raise UpstreamProtocolError(str(exc) or "invalid response") from None
-        if self.in_head:
-            self._check_partial(len(data), was_in_head)
-        elif self._kept:  # trailer fields
-            self._check_trailers()
-        ev = self._events
-        self._events = []
-        return ev
+        return True
 
     def feed_eof(self) -> list:
         """The server closed. Completes a close-delimited body; otherwise an error if a
