@@ -36,7 +36,7 @@ from pylb.proxy.exchange import Exchange
 from pylb.proxy.flow import FlowControl, set_water_marks
 from pylb.proxy.h1 import END, Request, RequestReader, Upgraded
 from pylb.proxy.pool import idle_expiry
-from pylb.proxy.queue import admit_next, park
+from pylb.proxy.queue import admit_next, on_accept
 from pylb.proxy.responses import canned
 
 if TYPE_CHECKING:
@@ -133,25 +133,18 @@ class HttpFrontend(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         ctx = self.ctx
-        worker = ctx.worker
-        m = self.conf.maxconn
-        if worker.actconn < worker.maxconn and m is not None and ctx.feconn >= m:
-            # The listener is full: HAProxy stops accepting and the client waits in the
-            # kernel's backlog. We cannot pause an asyncio server, so the connection waits
-            # here, unread, until one of the listener's connections closes.
-            t = park(ctx, self, self.loop)
-            if t is not None:
-                self._parked = t
-                transport.pause_reading()  # type: ignore[attr-defined]
-                worker.connections.add(self)  # shutdown()/abort() reach it
-                return
-        if worker.actconn >= worker.maxconn or (m is not None and ctx.feconn >= m):
+        verdict = on_accept(ctx, self, self.loop)
+        if verdict is True:
+            self._admit()
+        elif verdict is False:
             ctx.denied_conns += 1
             ctx.backend.denied += 1
             self._closed = True
             transport.abort()  # type: ignore[attr-defined]
-            return
-        self._admit()
+        else:  # parked, unread, until one of the listener's connections closes
+            self._parked = verdict
+            transport.pause_reading()  # type: ignore[attr-defined]
+            ctx.worker.connections.add(self)  # shutdown()/abort() reach it
 
     def _admit(self) -> None:
         """Count and start serving the connection (at accept, or when unparked)."""

@@ -277,6 +277,23 @@ def park(ctx: Any, conn: Waiter, loop: asyncio.AbstractEventLoop) -> Ticket | No
     return gate.wait(conn, loop)
 
 
+def on_accept(ctx: Any, conn: Waiter, loop: asyncio.AbstractEventLoop) -> Ticket | bool:
+    """What to do with `conn`, just accepted on `ctx`'s listener (HTTP and TCP alike):
+    True to serve it now; a Ticket when it was parked because the listener is at its
+    `maxconn` (HAProxy stops accepting and the client waits in the kernel's backlog; an
+    asyncio server cannot pause, so the connection waits unread); False to refuse it (the
+    worker is at its `maxconn`, or the parking is full too)."""
+    worker = ctx.worker
+    limit = ctx.conf.maxconn
+    listener_full = limit is not None and ctx.feconn >= limit
+    if worker.actconn >= worker.maxconn:
+        return False
+    if not listener_full:
+        return True
+    t = park(ctx, conn, loop)
+    return False if t is None else t
+
+
 def admit_next(ctx: Any) -> None:
     """A connection of the listener closed: admit the oldest parked one, if any (its
     `queue_granted(None)` registers it as a live connection)."""

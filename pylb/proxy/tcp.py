@@ -46,7 +46,7 @@ from pylb.health.types import Observation
 from pylb.proxy.accesslog import TcpLogRecord
 from pylb.proxy.connect import ConnectError, open_connection
 from pylb.proxy.flow import FlowControl, set_water_marks
-from pylb.proxy.queue import admit_next, park
+from pylb.proxy.queue import admit_next, on_accept
 
 if TYPE_CHECKING:
     from pylb.config.model import Timeouts
@@ -228,24 +228,18 @@ class TcpFrontend(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         tr: asyncio.Transport = transport  # type: ignore[assignment]
         ctx = self.ctx
-        worker = ctx.worker
-        limit = ctx.conf.maxconn
-        if worker.actconn < worker.maxconn and limit is not None and ctx.feconn >= limit:
-            # The listener is full: park the connection (unread) until one closes, as
-            # HAProxy leaves it in the kernel backlog (pylb.proxy.queue).
-            t = park(ctx, self, self._loop)
-            if t is not None:
-                self._parked = t
-                self.client = tr
-                tr.pause_reading()
-                worker.connections.add(self)
-                return
-        if worker.actconn >= worker.maxconn or (limit is not None and ctx.feconn >= limit):
+        verdict = on_accept(ctx, self, self._loop)
+        if verdict is True:
+            self._admit(tr)
+        elif verdict is False:
             ctx.denied_conns += 1
             self.phase = DONE
             tr.abort()  # refuse: the client sees its connection closed at once
-            return
-        self._admit(tr)
+        else:  # parked, unread, until one of the listener's connections closes
+            self._parked = verdict
+            self.client = tr
+            tr.pause_reading()
+            ctx.worker.connections.add(self)
 
     def _admit(self, tr: asyncio.Transport) -> None:
         """Count the session and start it (at accept, or when unparked)."""

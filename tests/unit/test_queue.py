@@ -165,3 +165,58 @@ def test_a_server_coming_up_takes_queued_requests() -> None:
         be.queue.close()
 
     asyncio.run(main())
+
+
+# -- on_accept: the admission decision shared by the HTTP and TCP listeners ---------------
+
+
+class _Ctx:
+    """What on_accept reads of a ListenContext (`parked` is built by park on first use)."""
+
+    def __init__(self, *, actconn: int, wmax: int, feconn: int, maxconn: int | None) -> None:
+        from types import SimpleNamespace
+
+        self.worker = SimpleNamespace(actconn=actconn, maxconn=wmax)
+        self.conf = SimpleNamespace(maxconn=maxconn, timeout=SimpleNamespace(queue=5.0))
+        self.feconn = feconn
+        self.parked: WaitQueue | None = None
+
+
+def test_on_accept_serves_while_both_limits_have_room() -> None:
+    from pylb.proxy.queue import on_accept
+
+    loop = asyncio.new_event_loop()
+    try:
+        assert on_accept(_Ctx(actconn=0, wmax=10, feconn=0, maxconn=None), W("a"), loop) is True
+        assert on_accept(_Ctx(actconn=3, wmax=10, feconn=2, maxconn=3), W("a"), loop) is True
+    finally:
+        loop.close()
+
+
+def test_on_accept_refuses_at_the_workers_maxconn() -> None:
+    from pylb.proxy.queue import on_accept
+
+    loop = asyncio.new_event_loop()
+    try:
+        ctx = _Ctx(actconn=10, wmax=10, feconn=10, maxconn=10)
+        assert on_accept(ctx, W("a"), loop) is False
+        assert ctx.parked is None  # never parked: the worker itself is full
+    finally:
+        loop.close()
+
+
+def test_on_accept_parks_at_the_listeners_maxconn_until_parking_is_full() -> None:
+    from pylb.proxy.queue import Ticket, on_accept
+
+    loop = asyncio.new_event_loop()
+    try:
+        ctx = _Ctx(actconn=2, wmax=10, feconn=2, maxconn=2)
+        t = on_accept(ctx, W("a"), loop)
+        assert isinstance(t, Ticket)
+        assert ctx.parked is not None and ctx.parked.count == 1
+        ctx.parked.limit = 1  # the parking (the listener's backlog) is full now
+        assert on_accept(ctx, W("b"), loop) is False
+        ctx.parked.cancel(t)
+        assert ctx.parked.count == 0
+    finally:
+        loop.close()
