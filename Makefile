@@ -5,6 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 TSTAMP := $(VENV)/.installed-test
+PSTAMP := $(VENV)/.installed-perf
 
 .PHONY: run test lint install clean deb-test
 
@@ -34,14 +35,16 @@ define deb-install
 	fi
 endef
 
-DEB_TEST := iproute2 procps mariadb-server galera-4 rsync keepalived chromium curl systemd
+DEB_TEST := iproute2 procps mariadb-server galera-4 rsync keepalived chromium curl systemd \
+	haproxy nginx wrk
 deb-test:
 	$(call deb-install,$(DEB_TEST),echo "tests needing them will skip")
 
 run: $(STAMP)
 	$(VENV)/bin/pylb demo
 
-test: $(TSTAMP) deb-test
+# The perf extra (Locust) too: tests/system/test_perf_tools.py runs `make locust`'s script.
+test: $(TSTAMP) $(PSTAMP) deb-test
 	$(VENV)/bin/ruff check pylb tests
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
@@ -54,7 +57,6 @@ clean:
 # Performance (issue 7): `make bench` runs perf/bench.py (pylb side by side with HAProxy on
 # nginx backends; results in perf/results/), `make locust` the OpenStack mix against
 # `pylb demo`. Debian packages installed only when missing and root, as for deb-test.
-PSTAMP := $(VENV)/.installed-perf
 DEB_BENCH := haproxy nginx wrk
 .PHONY: bench locust deb-bench
 
