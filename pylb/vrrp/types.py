@@ -367,9 +367,7 @@ class InstanceConfig:
         else:
             cs = round(iv * 100)
             if abs(cs - iv * 100) > 1e-6 or not 1 <= cs <= MAX_ADVER_INT_V3_CS:
-                raise ValueError(
-                    f"advert_interval {iv}s: VRRPv3 needs centiseconds 0.01..40.95s"
-                )
+                raise ValueError(f"advert_interval {iv}s: VRRPv3 needs centiseconds 0.01..40.95s")
         if not 0 <= self.preempt_delay <= 1000:
             raise ValueError("preempt_delay must be 0..1000 s (keepalived's bound)")
 
