@@ -677,8 +677,9 @@ class Exchange:
         if st < 200:
             if st == 101:
                 if req.upgrade is None:
-                    self._count_out(sum(map(len, out)))
-                    _flush(fe.transport, out, JOIN_MAX + 1)
+                    n = sum(map(len, out))  # interim heads already relayed
+                    self._count_out(n)
+                    _flush(fe.transport, out, n)
                     self._server_failed("invalid")
                     return -1
                 self.upgrading = True

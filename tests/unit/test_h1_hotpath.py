@@ -92,3 +92,13 @@ def test_header_limits_still_hold() -> None:
     with pytest.raises(Exception) as e:
         RequestReader().feed(b"GET / HTTP/1.1\r\nHost: a\r\n" + many + b"\r\n")
     assert getattr(e.value, "status_hint", None) == 431
+
+
+@pytest.mark.parametrize("name", ["feed", "on_header", "on_body", "_begin_head", "_end_head"])
+def test_hot_methods_have_a_code_object_per_side(name: str) -> None:
+    # CPython 3.11 specialises attribute accesses per code object for one type: a hot
+    # method shared by both readers would run unspecialised (pylb.proxy.h1._per_class).
+    req = getattr(RequestReader, name).__code__
+    resp = getattr(ResponseReader, name).__code__
+    assert req is not resp
+    assert req.co_code == resp.co_code  # one source
